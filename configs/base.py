@@ -1,0 +1,121 @@
+"""Shared defaults; every config file starts from `base.get_config()` and overrides what differs.
+
+Values follow the paper where it is explicit and yolov5's hyp.scratch-low otherwise (SPEC §3–§5).
+"""
+
+import ml_collections
+
+# yolov5 width/depth multipliers.
+SIZE_PRESETS = {
+    'n': (0.25, 0.33),
+    's': (0.50, 0.33),
+    'm': (0.75, 0.67),
+    'l': (1.00, 1.00),
+    'x': (1.25, 1.33),
+}
+
+
+def model_config(size: str = 's', num_classes: int = 7) -> ml_collections.ConfigDict:
+  """The published YOLO-OSAM at yolov5 size `size`."""
+  width, depth = SIZE_PRESETS[size]
+  return ml_collections.ConfigDict({
+      'num_classes': num_classes,
+      'width': width,
+      'depth': depth,
+      # 'reference' = the published topology (SPEC §2.1), 'fpn' = textbook P2, 'none' = plain yolov5.
+      'fusion': 'reference',
+      'attention': {
+          'kind': 'osam',        # none | sam | osam | cbam_osam | cbam_sam
+          'where': 'backbone',   # backbone | neck | none
+          'gate': 'softmax',     # softmax (the paper) | sigmoid | reference (published identity)
+          'cbl_repeats': 3,
+      },
+      # The published code uses LeakyReLU(0.01) everywhere (SPEC §2.3); 'silu' is yolov5's own.
+      'activation': 'leaky_relu',
+      'dtype': 'float32',        # compute dtype; parameters stay float32
+      # None = defaults per fusion (models/heads.py); AutoAnchor writes refitted anchors here.
+      'anchors': ml_collections.config_dict.placeholder(list),
+  })
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = 'base'
+  config.seed = 0
+  config.workdir = ''  # '' = runs/<name>/<n>
+
+  config.model = model_config('s', 7)
+
+  config.data = ml_collections.ConfigDict({
+      'dataset': 'synthetic_faces',      # TFDS builder name
+      'builder_config': 'demo',
+      'data_dir': '',                     # '' = ~/tensorflow_datasets or $TFDS_DATA_DIR
+      'manual_dir': '',
+      'train_split': 'train',
+      'val_split': 'validation',
+      'test_split': 'test',
+      'img_size': 128,
+      'batch_size': 32,                   # global batch
+      'max_boxes': 16,                    # boxes per image padded to this static size
+      'num_workers': 0,                   # grain worker processes (0 = in-process)
+      'shuffle_seed': 0,
+      'aug': {
+          'mosaic': 1.0,
+          'degrees': 0.0,
+          'translate': 0.1,
+          'scale': 0.5,
+          'shear': 0.0,
+          'perspective': 0.0,
+          'fliplr': 0.5,
+          'flipud': 0.0,
+          'hsv_h': 0.015,
+          'hsv_s': 0.7,
+          'hsv_v': 0.4,
+          'mixup': 0.0,
+      },
+  })
+
+  config.loss = ml_collections.ConfigDict({
+      'box': 0.05,
+      'cls': 0.5,
+      'obj': 1.0,
+      'cls_pw': 1.0,
+      'obj_pw': 1.0,
+      'anchor_t': 4.0,
+      'label_smoothing': 0.0,
+  })
+
+  config.train = ml_collections.ConfigDict({
+      'optimizer': 'sgd',                 # sgd (Nesterov) | adam
+      'lr0': 0.01,
+      'lrf': 0.01,
+      'momentum': 0.937,
+      'weight_decay': 5e-4,
+      'nominal_batch': 64,
+      'scheduler': 'linear',              # linear | cosine
+      'epochs': 300,
+      'warmup_epochs': 3.0,
+      'warmup_min_iters': 100,
+      'warmup_momentum': 0.8,
+      'warmup_bias_lr': 0.1,
+      'patience': 100,
+      'ema': True,
+      'autoanchor': True,
+      'init_from': '',                    # converted orbax checkpoint to start from
+      'freeze': 0,                        # freeze the first k layers (published layer indices)
+      'max_bad_steps': 10,                # consecutive NaN/Inf steps before training stops
+      'log_every': 10,
+      'bf16': False,
+  })
+
+  config.eval = ml_collections.ConfigDict({
+      'mode': 'yolov5',                   # yolov5 | coco
+      'conf_thres': 0.001,
+      'iou_thres': 0.6,
+      'max_det': 300,
+      'multi_label': True,
+      'predict_conf_thres': 0.25,
+      'predict_iou_thres': 0.45,
+      'batch_size': 64,
+  })
+  return config
