@@ -1,0 +1,212 @@
+"""Weights between yolov5-family PyTorch state dicts and this project's Flax variables.
+
+State dicts travel as `.npz` or `.safetensors` files of plain arrays (keys as in PyTorch,
+`model.0.conv.weight`, `model.24.m.2.bias`, …); we never unpickle `.pt` files. README shows the three
+lines that write one from a `.pt` in a PyTorch environment.
+
+Key mapping (layer indices are those of `models.layer_table`, equal to the published ones):
+  model.<i>            ↔ layer_<i>
+  .m.<j>               ↔ m_<j>            (C3 bottlenecks, Detect convolutions)
+  conv.weight (OIHW)   ↔ conv/kernel (HWIO);  Linear weight (out, in) ↔ Dense kernel (in, out)
+  bn.weight/bias       ↔ bn/scale, bn/bias;   bn.running_mean/var ↔ batch_stats bn/mean, bn/var
+  published attention  spatial, spatiall, spatialll ↔ spatial/max_0..2;
+                       spatiala, spatialla, spatiallla ↔ spatial/mean_0..2;  spatialc ↔ spatial/fuse
+`num_batches_tracked` is PyTorch bookkeeping that BatchNorm with a fixed momentum never reads: it is
+accepted on import and written back with a chosen value on export. `model.<detect>.anchors` (grid units,
+Detect order) is checked against the config's anchors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from yolo_osam_jax import models
+from yolo_osam_jax.models import heads
+
+log = logging.getLogger(__name__)
+
+_LEAF_TO_TORCH = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
+                  ('params', 'bias'): 'bias', ('batch_stats', 'mean'): 'running_mean',
+                  ('batch_stats', 'var'): 'running_var'}
+
+
+class ConversionError(ValueError):
+  """A state dict that does not fit the configured model; the message names the key."""
+
+
+def torch_key(collection: str, path: tuple[str, ...]) -> str:
+  """The PyTorch state-dict key of the Flax leaf at `path` in `collection`."""
+  parts: list[str] = []
+  for i, p in enumerate(path[:-1]):
+    nxt = path[i + 1]
+    if p.startswith('layer_'):
+      parts += ['model', p[len('layer_'):]]
+    elif re.fullmatch(r'm_\d+', p):
+      parts += ['m', p[2:]]
+    elif p == 'spatial':
+      if nxt in ('conv', 'bn'):   # SAM (no published layout): keep it under its own name
+        parts.append('sam')
+      # OSAM: the published module has its convolutions at the top level of the layer
+    elif re.fullmatch(r'max_\d+', p):
+      parts.append('spatia' + 'l' * (int(p[4:]) + 1))          # spatial, spatiall, spatialll
+    elif re.fullmatch(r'mean_\d+', p):
+      parts.append('spatia' + 'l' * (int(p[5:]) + 1) + 'a')    # spatiala, spatialla, spatiallla
+    elif p == 'fuse':
+      parts.append('spatialc')
+    else:
+      parts.append(p)
+  leaf = _LEAF_TO_TORCH.get((collection, path[-1]))
+  if leaf is None:
+    raise ConversionError(f'no PyTorch name for {collection}/{"/".join(path)}')
+  return '.'.join(parts + [leaf])
+
+
+def _to_torch_layout(x: np.ndarray) -> np.ndarray:
+  if x.ndim == 4:
+    return np.transpose(x, (3, 2, 0, 1))  # HWIO → OIHW
+  if x.ndim == 2:
+    return x.T                            # Dense (in, out) → Linear (out, in)
+  return x
+
+
+def _from_torch_layout(x: np.ndarray) -> np.ndarray:
+  if x.ndim == 4:
+    return np.transpose(x, (2, 3, 1, 0))  # OIHW → HWIO
+  if x.ndim == 2:
+    return x.T
+  return x
+
+
+def _detect_index(model_config) -> int:
+  return models.layer_table(model_config)[-1].index
+
+
+def _anchors_grid(model_config) -> np.ndarray:
+  """Anchors as the `anchors` buffer holds them: [nl, A, 2] in grid units, Detect order."""
+  lv = sorted(heads.levels(model_config), key=lambda l: l.detect_index)
+  return np.stack([l.anchors / l.stride for l in lv]).astype(np.float32)
+
+
+def anchors_from_state_dict(state_dict: Mapping[str, np.ndarray], model_config) -> list[list[float]]:
+  """The checkpoint's anchors in the `model.anchors` config format (pixels, stride ascending)."""
+  key = f'model.{_detect_index(model_config)}.anchors'
+  if key not in state_dict:
+    raise ConversionError(f'{key}: missing from the state dict')
+  grid = np.asarray(state_dict[key], np.float32)
+  lv = heads.levels(model_config)
+  if grid.shape[0] != len(lv):
+    raise ConversionError(f'{key}: {grid.shape[0]} levels, the model has {len(lv)}')
+  return [(grid[l.detect_index] * l.stride).reshape(-1).tolist() for l in lv]
+
+
+def init_variables(model_config, rng=None, img_size: int = 64):
+  module = models.build(model_config)
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  return module.init(rng, jnp.zeros((1, img_size, img_size, 3), jnp.float32))
+
+
+def from_yolov5_state_dict(state_dict: Mapping[str, np.ndarray], model_config, rng=None,
+                           check_anchors: bool = True) -> dict:
+  """Flax variables ({'params', 'batch_stats'}) for `model_config` from a yolov5-family state dict.
+
+  Every key must be used and every shape must fit, except that when the checkpoint's class count
+  differs from the config's (transfer from COCO weights) the class rows of the Detect convolutions keep
+  their fresh initialisation; that is logged.
+  """
+  template = flax.core.unfreeze(init_variables(model_config, rng))
+  nc = int(model_config.num_classes)
+  det = _detect_index(model_config)
+  no = 5 + nc
+  consumed: set[str] = set()
+  partial_classes = []
+
+  flat = {}
+  for collection in ('params', 'batch_stats'):
+    for path, value in flax.traverse_util.flatten_dict(template.get(collection, {})).items():
+      key = torch_key(collection, path)
+      if key not in state_dict:
+        raise ConversionError(f'{key}: missing from the state dict (needed for {collection}/{"/".join(path)})')
+      src = _from_torch_layout(np.asarray(state_dict[key]))
+      target = np.asarray(value)
+      if src.shape != target.shape:
+        is_detect = key.startswith(f'model.{det}.m.')
+        if is_detect and src.shape[:-1] == target.shape[:-1] and src.shape[-1] % 3 == 0:
+          # Different class count: copy box + objectness rows per anchor, keep the fresh class rows.
+          a = target.shape[-1] // no
+          src_no = src.shape[-1] // a
+          src_r = src.reshape(src.shape[:-1] + (a, src_no))
+          out = target.reshape(target.shape[:-1] + (a, no)).copy()
+          out[..., :5] = src_r[..., :5]
+          src = out.reshape(target.shape)
+          partial_classes.append(key)
+        else:
+          raise ConversionError(f'{key}: shape {tuple(np.shape(state_dict[key]))} in the state dict, '
+                                f'the model needs {_to_torch_layout(target).shape}')
+      flat[(collection,) + path] = jnp.asarray(src, dtype=target.dtype)
+      consumed.add(key)
+
+  anchor_key = f'model.{det}.anchors'
+  if anchor_key in state_dict:
+    consumed.add(anchor_key)
+    if check_anchors:
+      got = np.asarray(state_dict[anchor_key], np.float32)
+      want = _anchors_grid(model_config)
+      if got.shape != want.shape or not np.allclose(got, want, atol=1e-4):
+        raise ConversionError(
+            f'{anchor_key}: the checkpoint anchors {got.tolist()} (grid units) differ from the config '
+            f'{want.tolist()}; set model.anchors = convert.anchors_from_state_dict(...) '
+            '(scripts/convert_yolov5.py does this)')
+  unused = sorted(k for k in state_dict if k not in consumed and not k.endswith('num_batches_tracked'))
+  if unused:
+    raise ConversionError(f'{unused[0]}: not used by the configured model '
+                          f'({len(unused)} unused keys: {unused[:5]}{" …" if len(unused) > 5 else ""})')
+  if partial_classes:
+    log.warning('class count differs from the checkpoint: loaded everything but the class rows of %s',
+                ', '.join(partial_classes))
+  return flax.traverse_util.unflatten_dict(
+      {k: v for k, v in flat.items()}, sep=None)
+
+
+def to_yolov5_state_dict(variables, model_config, num_batches_tracked: int = 0) -> dict[str, np.ndarray]:
+  """The yolov5-layout state dict (numpy, float32 tensors) of `variables`."""
+  out: dict[str, np.ndarray] = {}
+  for collection in ('params', 'batch_stats'):
+    for path, value in flax.traverse_util.flatten_dict(
+        flax.core.unfreeze(variables.get(collection, {}))).items():
+      key = torch_key(collection, path)
+      out[key] = np.ascontiguousarray(_to_torch_layout(np.asarray(value, np.float32)))
+      if collection == 'batch_stats' and path[-1] == 'var':
+        out[key.replace('running_var', 'num_batches_tracked')] = np.asarray(num_batches_tracked, np.int64)
+  out[f'model.{_detect_index(model_config)}.anchors'] = _anchors_grid(model_config)
+  return out
+
+
+def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
+  """Reads a state dict saved as .npz or .safetensors."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: no such file')
+  if path.endswith('.npz'):
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  if path.endswith('.safetensors'):
+    from safetensors.numpy import load_file
+    return load_file(path)
+  raise ValueError(f'{path}: expected a .npz or .safetensors state dict (we never unpickle .pt files)')
+
+
+def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str) -> None:
+  if path.endswith('.npz'):
+    np.savez(path, **state_dict)
+  elif path.endswith('.safetensors'):
+    from safetensors.numpy import save_file
+    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
+  else:
+    raise ValueError(f'{path}: expected a .npz or .safetensors file name')
