@@ -1,0 +1,40 @@
+"""Builds one registered dataset as array_record files and prints its build report.
+
+  python scripts/prepare_data.py --dataset synthetic_faces --config demo
+  python scripts/prepare_data.py --dataset rafdb_basic --manual_dir ~/data/RAF-DB
+  python scripts/prepare_data.py --dataset yolo_folder --manual_dir ~/data/faces/data.yaml --config faces
+
+A dataset that is already prepared is not rebuilt; its stored report is printed instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from yolo_osam_jax import data as datasets
+from yolo_osam_jax.data import common
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--dataset', required=True, choices=sorted(datasets.BUILDERS))
+  parser.add_argument('--config', default=None, help='builder config (e.g. demo, hard, aligned)')
+  parser.add_argument('--manual_dir', default=None, help='folder with the files you downloaded')
+  parser.add_argument('--data_dir', default=None, help='where TFDS writes (default ~/tensorflow_datasets)')
+  args = parser.parse_args(argv)
+
+  builder = datasets.build(args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
+                           config=args.config)
+  print(f'\nPrepared {builder.info.full_name} in {builder.data_dir}')
+  for split, info in sorted(builder.info.splits.items()):
+    print(f'  {split}: {info.num_examples} examples')
+  print('  classes: ' + ', '.join(builder.info.features['objects']['label'].names))
+  report = common.stored_report(builder)
+  if report is not None:
+    print(report.summary())
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
