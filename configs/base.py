@@ -5,6 +5,8 @@ Values follow the paper where it is explicit and yolov5's hyp.scratch-low otherw
 
 import ml_collections
 
+from yolo_osam_jax import losses
+
 # yolov5 width/depth multipliers.
 SIZE_PRESETS = {
     'n': (0.25, 0.33),
@@ -75,15 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
       },
   })
 
-  config.loss = ml_collections.ConfigDict({
-      'box': 0.05,
-      'cls': 0.5,
-      'obj': 1.0,
-      'cls_pw': 1.0,
-      'obj_pw': 1.0,
-      'anchor_t': 4.0,
-      'label_smoothing': 0.0,
-  })
+  # yolov5 hyp.scratch-low loss gains (box, cls, obj, cls_pw, obj_pw, anchor_t, label_smoothing).
+  config.loss = ml_collections.ConfigDict(dict(losses.DEFAULT_HYP))
 
   config.train = ml_collections.ConfigDict({
       'optimizer': 'sgd',                 # sgd (Nesterov) | adam

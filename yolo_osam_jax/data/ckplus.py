@@ -301,13 +301,8 @@ class Ckplus(common.DetectionBuilder):
       records = parse_ck48(root, contempt=config.contempt, report=self.report)
     else:
       raise ValueError(f"unknown CK+ release {config.release!r}; expected 'sequences' or 'ck48'")
-    indices, record = splits.assign_splits(
-        [r['image_id'] for r in records], [r['label'] for r in records],
-        scheme=config.split_scheme, seed=config.split_seed,
-        subjects=[r['subject'] for r in records], num_folds=config.num_folds)
-    self.info.metadata['split'] = record
-    return {name: self._generate_examples([records[i] for i in idx], name)
-            for name, idx in splits.nonempty(indices, self.report).items()}
+    return splits.split_generators(self, records, subjects=[r['subject'] for r in records],
+                                   num_folds=config.num_folds)
 
   def _generate_examples(self, records, split):
     config = self.builder_config

@@ -187,13 +187,8 @@ class Fer2013(common.DetectionBuilder):
       records = read_folders(dl_manager.manual_dir, self.report)
     else:
       raise ValueError(f"unknown FER2013 release {config.release!r}; expected 'csv' or 'folder'")
-    indices, record = splits.assign_splits(
-        [r['image_id'] for r in records], [r['label'] for r in records],
-        scheme=config.split_scheme, seed=config.split_seed,
-        official=[r['split'] for r in records], val_fraction=config.val_fraction)
-    self.info.metadata['split'] = record
-    return {name: self._generate_examples([records[i] for i in idx], name)
-            for name, idx in splits.nonempty(indices, self.report).items()}
+    return splits.split_generators(self, records, official=[r['split'] for r in records],
+                                   val_fraction=config.val_fraction)
 
   def _generate_examples(self, records, split):
     for record in records:

@@ -219,13 +219,8 @@ class _RafdbBuilder(common.DetectionBuilder, skip_registration=True):
     config = self.builder_config
     release_dir = find_release_dir(dl_manager.manual_dir, self.RELEASE)
     records = parse_rafdb(release_dir, len(self.CLASS_NAMES), config.aligned, self.report)
-    indices, record = splits.assign_splits(
-        [r['image_id'] for r in records], [r['label'] for r in records],
-        scheme=config.split_scheme, seed=config.split_seed,
-        official=[r['split'] for r in records], val_fraction=config.val_fraction)
-    self.info.metadata['split'] = record
-    return {name: self._generate_examples([records[i] for i in idx], name)
-            for name, idx in splits.nonempty(indices, self.report).items()}
+    return splits.split_generators(self, records, official=[r['split'] for r in records],
+                                   val_fraction=config.val_fraction)
 
   def _generate_examples(self, records, split):
     for record in records:

@@ -218,3 +218,19 @@ def assign_splits(ids: Sequence[str], labels: Sequence[Hashable], *, scheme: str
   record = split_record(scheme, seed, {name: [ids[i] for i in idx] for name, idx in indices.items()},
                         **params)
   return indices, record
+
+
+def split_generators(builder: Any, records: Sequence[Mapping[str, Any]], **assign_kwargs) -> dict:
+  """`_split_generators` for a builder whose records carry `image_id` and `label`.
+
+  Splits the records with `assign_splits` (scheme and seed from the builder config, the rest from
+  `assign_kwargs`), stores the split record in the dataset info and returns one `_generate_examples`
+  generator per non-empty split.
+  """
+  config = builder.builder_config
+  indices, record = assign_splits(
+      [r['image_id'] for r in records], [r['label'] for r in records],
+      scheme=config.split_scheme, seed=config.split_seed, **assign_kwargs)
+  builder.info.metadata['split'] = record
+  return {name: builder._generate_examples([records[i] for i in idx], name)
+          for name, idx in nonempty(indices, builder.report).items()}

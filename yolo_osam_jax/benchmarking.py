@@ -1,0 +1,104 @@
+"""Benchmark helpers and the model sections (`infer`, `train`) of scripts/benchmark.py.
+
+Timing rules: compile time is measured separately (first call), a warm-up call follows, every timed call
+ends in `block_until_ready`, and the reported time is the median of several repeats. Every number is
+compared with a baseline measured in the same run (yolov5s vs YOLO-OSAM, float32 vs bfloat16, 1 vs N
+devices), because an absolute time on a shared machine means little on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def environment() -> dict:
+  dev = jax.devices()[0]
+  import flax
+  return {'device': f'{dev.platform}:{getattr(dev, "device_kind", "")}', 'device_count': jax.device_count(),
+          'jax': jax.__version__, 'flax': flax.__version__, 'python': platform.python_version(),
+          'cpu_count': os.cpu_count()}
+
+
+def time_fn(fn: Callable[[], object], repeats: int = 5, min_seconds: float = 0.0) -> dict:
+  """Compile/first-call time, then the median of `repeats` timed calls after one warm-up call."""
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - t0
+  jax.block_until_ready(fn())  # warm-up
+  times = []
+  start = time.perf_counter()
+  while len(times) < repeats or time.perf_counter() - start < min_seconds:
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return {'compile_s': first, 'median_s': statistics.median(times), 'repeats': len(times)}
+
+
+def append_jsonl(rows: list[dict], path: str) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  env = environment()
+  with open(path, 'a') as f:
+    for row in rows:
+      f.write(json.dumps({**env, 'time': time.strftime('%Y-%m-%dT%H:%M:%S'), **row}) + '\n')
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+  def fmt(v):
+    if isinstance(v, float):
+      return f'{v:,.4g}' if abs(v) < 1000 else f'{v:,.0f}'
+    return str(v)
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(fmt(r.get(c, '')) for c in columns) + ' |' for r in rows]
+  return '\n'.join(lines)
+
+
+def model_variants():
+  """The two networks every model benchmark compares: plain yolov5s and the published YOLO-OSAM."""
+  from configs import base
+  osam = base.model_config('s', 7)
+  v5 = base.model_config('s', 7)
+  v5.fusion, v5.attention.kind, v5.attention.where = 'none', 'none', 'none'
+  return {'yolov5s': v5, 'yolo_osam': osam}
+
+
+def _data_sharding(batch: int):
+  """Batch split over every local device along a `data` mesh axis (replicated params)."""
+  devices = np.array(jax.devices())
+  n = len(devices) if batch % len(devices) == 0 else 1
+  mesh = jax.sharding.Mesh(devices[:n], ('data',))
+  return (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')),
+          jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), n)
+
+
+def run_infer_benchmark(smoke: bool, img_size: int | None = None, batches=None, dtypes=None) -> list[dict]:
+  """Inference img/s (forward + decoding) for yolov5s vs YOLO-OSAM, float32 vs bfloat16, batch sizes."""
+  from yolo_osam_jax import models
+  img = img_size or (64 if smoke else 128)
+  batches = batches or ((1, 4) if smoke else (1, 32, 256))
+  dtypes = dtypes or ('float32', 'bfloat16')
+  rows = []
+  for name, cfg in model_variants().items():
+    for dtype in dtypes:
+      cfg = cfg.copy_and_resolve_references()
+      cfg.dtype = dtype
+      module = models.build(cfg)
+      variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, img, img, 3)))
+      for b in batches:
+        data_sh, repl_sh, ndev = _data_sharding(b)
+        x = jax.device_put(jax.random.uniform(jax.random.PRNGKey(1), (b, img, img, 3)), data_sh)
+        v = jax.device_put(variables, repl_sh)
+        fwd = jax.jit(lambda v, x: module.apply(v, x)[0])
+        t = time_fn(lambda: fwd(v, x), repeats=3 if smoke else 5)
+        rows.append({'section': 'infer', 'model': name, 'dtype': dtype, 'batch': b, 'img': img,
+                     'devices': ndev, 'compile_s': t['compile_s'], 'ms_per_batch': 1e3 * t['median_s'],
+                     'img_per_s': b / t['median_s']})
+  return rows
