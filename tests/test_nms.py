@@ -1,0 +1,88 @@
+"""Batched jit NMS against the loop-based numpy reference, and the reference against hand-made cases."""
+
+import numpy as np
+import pytest
+
+from yolo_osam_jax.evaluation import nms
+
+
+def _random_predictions(rng, batch, n, nc):
+  """Boxes in a few clusters so that many overlap; probabilities spread around the thresholds."""
+  centers = rng.uniform(20, 100, (batch, 5, 2))
+  pick = rng.integers(0, 5, (batch, n))
+  cxcy = np.take_along_axis(centers, pick[..., None].repeat(2, -1), 1) + rng.normal(0, 4, (batch, n, 2))
+  wh = rng.uniform(10, 30, (batch, n, 2))
+  obj = rng.uniform(0, 1, (batch, n, 1))
+  cls = rng.uniform(0, 1, (batch, n, nc))
+  return np.concatenate([cxcy, wh, obj, cls], -1).astype(np.float32)
+
+
+def _assert_same(out, b, reference):
+  boxes, scores, classes = reference
+  valid = np.asarray(out.valid[b])
+  count = int(valid.sum())
+  assert count == len(scores)
+  assert valid[:count].all() and not valid[count:].any()
+  np.testing.assert_array_equal(np.asarray(out.classes[b])[:count], classes)
+  np.testing.assert_allclose(np.asarray(out.scores[b])[:count], scores, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(out.boxes[b])[:count], boxes, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('multi_label', [True, False])
+@pytest.mark.parametrize('max_det', [300, 7])
+def test_batched_matches_reference(multi_label, max_det):
+  rng = np.random.default_rng(1)
+  predictions = _random_predictions(rng, 3, 120, 4)
+  kwargs = dict(conf_thres=0.1, iou_thres=0.45, max_det=max_det, multi_label=multi_label)
+  out = nms.batched_nms(predictions, **kwargs)
+  assert out.boxes.shape == (3, max_det, 4)
+  for b in range(3):
+    reference = nms.nms_numpy(predictions[b], **kwargs)
+    _assert_same(out, b, reference)
+    if max_det == 7:  # the clusters leave more than 7 boxes, so truncation really happens
+      assert len(reference[1]) == 7
+      full = nms.nms_numpy(predictions[b], **dict(kwargs, max_det=300))
+      assert len(full[1]) > 7
+      np.testing.assert_array_equal(full[1][:7], reference[1])
+
+
+def test_candidate_cap_matches_reference():
+  rng = np.random.default_rng(2)
+  predictions = _random_predictions(rng, 2, 80, 3)
+  kwargs = dict(conf_thres=0.05, iou_thres=0.5, max_det=300, multi_label=True, max_candidates=20)
+  out = nms.batched_nms(predictions, **kwargs)
+  for b in range(2):
+    _assert_same(out, b, nms.nms_numpy(predictions[b], **kwargs))
+
+
+def test_reference_by_hand():
+  # cx, cy, w, h, obj, p(class0), p(class1)
+  predictions = np.array([
+      [50, 50, 20, 20, 0.9, 0.9, 0.5],   # scores 0.81 (c0), 0.45 (c1)
+      [52, 50, 20, 20, 0.8, 0.9, 0.1],   # c0 0.72: IoU with row 0 = 360/440 = 0.818 > 0.45 -> gone
+      [80, 80, 10, 10, 0.6, 0.1, 0.9],   # c1 0.54, alone; c0 0.06 < conf
+      [50, 50, 20, 20, 0.2, 0.9, 0.9],   # obj 0.2 <= conf 0.25: never a candidate
+  ], np.float32)
+  boxes, scores, classes = nms.nms_numpy(predictions, conf_thres=0.25, iou_thres=0.45, max_det=10,
+                                         multi_label=True)
+  np.testing.assert_allclose(scores, [0.81, 0.54, 0.45], rtol=1e-6)
+  np.testing.assert_array_equal(classes, [0, 1, 1])
+  np.testing.assert_allclose(boxes, [[40, 40, 60, 60], [75, 75, 85, 85], [40, 40, 60, 60]])
+  # Single label: row 0 keeps only class 0; row 1 still suppressed by it.
+  _, scores, classes = nms.nms_numpy(predictions, conf_thres=0.25, iou_thres=0.45, max_det=10,
+                                     multi_label=False)
+  np.testing.assert_allclose(scores, [0.81, 0.54], rtol=1e-6)
+  np.testing.assert_array_equal(classes, [0, 1])
+  # With iou_thres above 0.818 row 1 survives.
+  _, scores, _ = nms.nms_numpy(predictions, conf_thres=0.25, iou_thres=0.85, max_det=10)
+  np.testing.assert_allclose(scores, [0.81, 0.72, 0.54, 0.45], rtol=1e-6)
+  out = nms.batched_nms(predictions[None], conf_thres=0.25, iou_thres=0.45, max_det=2)
+  np.testing.assert_allclose(np.asarray(out.scores[0]), [0.81, 0.54], rtol=1e-6)
+  assert np.asarray(out.valid[0]).all()
+
+
+def test_no_candidates_gives_empty_rows():
+  predictions = np.zeros((2, 10, 7), np.float32)
+  out = nms.batched_nms(predictions, conf_thres=0.25, iou_thres=0.45, max_det=4)
+  assert not np.asarray(out.valid).any()
+  assert len(nms.nms_numpy(predictions[0], conf_thres=0.25)[1]) == 0
