@@ -112,5 +112,10 @@ def get_config() -> ml_collections.ConfigDict:
       'predict_conf_thres': 0.25,
       'predict_iou_thres': 0.45,
       'batch_size': 64,
+      # The paper's face accuracy (evaluation/accuracy.py): detections kept above this confidence.
+      'accuracy_conf_thres': 0.0,
+      # yolov5's detection confusion matrix thresholds.
+      'confusion_conf_thres': 0.25,
+      'confusion_iou_thres': 0.45,
   })
   return config
