@@ -102,3 +102,50 @@ def run_infer_benchmark(smoke: bool, img_size: int | None = None, batches=None, 
                      'devices': ndev, 'compile_s': t['compile_s'], 'ms_per_batch': 1e3 * t['median_s'],
                      'img_per_s': b / t['median_s']})
   return rows
+
+
+def run_train_benchmark(smoke: bool, img_size: int | None = None, batches=None, dtypes=None) -> list[dict]:
+  """Train-step img/s (forward, loss, backward, optax update, EMA) for yolov5s vs YOLO-OSAM."""
+  from configs import base
+  from yolo_osam_jax import models, training
+  img = img_size or (64 if smoke else 128)
+  batches = batches or ((4,) if smoke else (32, 256))
+  dtypes = dtypes or ('float32', 'bfloat16')
+  train_config = base.get_config().train
+  mesh = training.make_mesh()
+  rows = []
+  rng = np.random.default_rng(0)
+  for name, cfg in model_variants().items():
+    for dtype in dtypes:
+      cfg = cfg.copy_and_resolve_references()
+      cfg.dtype = dtype
+      module = models.build(cfg)
+      variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, img, img, 3)))
+      for b in batches:
+        if b % mesh.size:
+          continue
+        schedule = training.schedule_from_config(train_config, steps_per_epoch=100, batch_size=b)
+        tx = training.build_optimizer(train_config, schedule, training.param_labels(variables['params']), b)
+        step = training.jit_train_step(training.train_step_fn(
+            training.make_detection_loss_fn(module, cfg, img), tx), mesh)
+        m = 8
+        host_batch = {
+            'image': rng.integers(0, 256, (b, img, img, 3), dtype=np.uint8),
+            'boxes': np.concatenate([rng.uniform(0.2, 0.8, (b, m, 2)), rng.uniform(0.05, 0.4, (b, m, 2))],
+                                    -1).astype(np.float32),
+            'classes': rng.integers(0, cfg.num_classes, (b, m)).astype(np.int32),
+            'mask': rng.uniform(size=(b, m)) < 0.5,
+        }
+        batch = training.shard_batch(host_batch, mesh)
+        holder = {'state': jax.device_put(
+            training.create_train_state(variables, tx, jax.random.PRNGKey(0)), training.step.replicated(mesh))}
+
+        def run():
+          holder['state'], metrics = step(holder['state'], batch)
+          return metrics['loss']
+
+        t = time_fn(run, repeats=3 if smoke else 5)
+        rows.append({'section': 'train', 'model': name, 'dtype': dtype, 'batch': b, 'img': img,
+                     'devices': mesh.size, 'compile_s': t['compile_s'], 'ms_per_step': 1e3 * t['median_s'],
+                     'img_per_s': b / t['median_s']})
+  return rows

@@ -1,0 +1,129 @@
+"""Exporting a model checkpoint: ONNX (forward pass + decoding) and yolov5-layout state dicts.
+
+ONNX (through jax2onnx): input `images` float32 [B, S, S, 3] RGB in [0, 1] (NHWC, letterboxed as
+`Recognizer` does), output `predictions` float32 [B, N, 5 + nc] = (cx, cy, w, h in input pixels,
+objectness, class probabilities), NMS-free, exactly the JAX model's decoded output. The batch is fixed
+(`batch`) or dynamic (a symbolic `B`). The file's metadata holds the class names, strides and input size
+(as yolov5 writes them) so runtimes can label detections without the config.
+
+npz / safetensors: the yolov5-layout state dict (`convert.to_yolov5_state_dict`), which
+`scripts/convert_yolov5.py` or PyTorch tooling can load again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from yolo_osam_jax import checkpoint, convert, models
+from yolo_osam_jax.models import layers as layers_lib
+from yolo_osam_jax.predict import class_names_of, max_stride_of
+
+FORMATS = ('onnx', 'npz', 'safetensors')
+ONNX_OPSET = 18
+
+
+@contextlib.contextmanager
+def _onnx_friendly_pooling():
+  """SPPF's pooling written the way jax2onnx's flax max_pool converter accepts it, during the export.
+
+  jax2onnx replaces `flax.linen.max_pool` while tracing by a version that takes `window_shape` by keyword
+  and a string padding; SPPF calls it with explicit ((p, p), (p, p)) pads. For odd k and stride 1,
+  'SAME' pads k // 2 on each side, so the pooled values are identical (tests/test_export.py compares the
+  ONNX output with the unchanged JAX model). The lax-level reduce_window converter is no way round: its
+  ONNX MaxPool fails in onnxruntime ("Unsupported pooling size").
+  """
+  original = layers_lib.max_pool_same
+
+  def max_pool_same(x, k: int):
+    if k % 2 != 1:
+      return original(x, k)
+    return nn.max_pool(x, window_shape=(k, k), strides=(1, 1), padding='SAME')
+
+  layers_lib.max_pool_same = max_pool_same
+  try:
+    yield
+  finally:
+    layers_lib.max_pool_same = original
+
+
+def export_onnx(variables, config, path: str, *, img_size: int | None = None, batch: int = 1,
+                dynamic_batch: bool = False, class_names=None) -> str:
+  """Writes the ONNX model of `variables` (config = the full checkpoint config) to `path`; returns it."""
+  import onnx  # pylint: disable=g-import-not-at-top
+  from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
+
+  module = models.build(config.model)
+  stride = max_stride_of(module)
+  img_size = int(img_size or config.data.img_size)
+  if img_size <= 0 or img_size % stride:
+    raise ValueError(f'img_size must be a positive multiple of the largest stride {stride}, got {img_size}')
+  if not dynamic_batch and batch < 1:
+    raise ValueError(f'batch must be ≥ 1, got {batch}')
+  names = list(class_names) if class_names is not None else class_names_of(config)
+  tree = jax.tree_util.tree_map(jnp.asarray, {k: variables[k] for k in ('params', 'batch_stats')
+                                              if k in variables})
+
+  def forward(images):
+    predictions, _ = module.apply(tree, images, train=False)
+    return predictions.astype(jnp.float32)
+
+  shape = ('B' if dynamic_batch else int(batch), img_size, img_size, 3)
+  with _onnx_friendly_pooling():
+    proto = to_onnx(forward, [shape], model_name='yolo_osam', opset=ONNX_OPSET,
+                    input_names=['images'], output_names=['predictions'])
+  # jax2onnx stamps some intermediate shapes in NHWC order on NCHW tensors (onnxruntime then warns
+  # "Error merging shape info"); intermediate value_info is optional, so leave shape inference to the runtime.
+  del proto.graph.value_info[:]
+  strides = sorted(module.layers[s].stride for s in module.layers[-1].sources)
+  metadata = {'names': json.dumps(dict(enumerate(names))), 'stride': str(stride),
+              'strides': json.dumps(strides), 'imgsz': json.dumps([img_size, img_size]),
+              'batch': 'dynamic' if dynamic_batch else str(batch), 'layout': 'NHWC RGB float32 [0, 1]',
+              'output': 'cx, cy, w, h (input pixels), objectness, class probabilities; no NMS'}
+  for key, value in metadata.items():
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = key, value
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  # One self-contained file: yolov5s weights (~28 MB) are far below protobuf's 2 GB limit.
+  onnx.save_model(proto, path, save_as_external_data=False)
+  return path
+
+
+def export_state_dict(variables, config, path: str) -> str:
+  """Writes the yolov5-layout state dict as .npz or .safetensors (by the file name)."""
+  if not path.endswith(('.npz', '.safetensors')):
+    raise ValueError(f'{path}: a state dict file name ends in .npz or .safetensors')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  convert.save_state_dict_file(convert.to_yolov5_state_dict(variables, config.model), path)
+  return path
+
+
+def default_output(checkpoint_dir: str, fmt: str) -> str:
+  """runs/train/1/best → runs/train/1/best.<fmt> (beside the checkpoint, as yolov5 names exports)."""
+  return os.path.abspath(checkpoint_dir).rstrip(os.sep) + '.' + fmt
+
+
+def export_checkpoint(checkpoint_dir: str, fmt: str, out: str | None = None, *, img_size: int | None = None,
+                      batch: int = 1, dynamic_batch: bool = False) -> str:
+  """Exports the checkpoint at `checkpoint_dir` as `fmt` (onnx | npz | safetensors); returns the file."""
+  if fmt not in FORMATS:
+    raise ValueError(f'format must be one of {", ".join(FORMATS)}, got {fmt!r}')
+  config, variables = checkpoint.load_model(checkpoint_dir)
+  out = out or default_output(checkpoint_dir, fmt)
+  if fmt == 'onnx':
+    return export_onnx(variables, config, out, img_size=img_size, batch=batch, dynamic_batch=dynamic_batch)
+  if not out.endswith('.' + fmt):
+    raise ValueError(f'{out}: --format {fmt} writes a .{fmt} file')
+  return export_state_dict(variables, config, out)
+
+
+def onnx_metadata(path: str) -> dict[str, str]:
+  """The metadata written by `export_onnx` (names, strides, input size, ...)."""
+  import onnx  # pylint: disable=g-import-not-at-top
+  model = onnx.load(path, load_external_data=False)
+  return {p.key: p.value for p in model.metadata_props}
