@@ -86,3 +86,19 @@ def test_no_candidates_gives_empty_rows():
   out = nms.batched_nms(predictions, conf_thres=0.25, iou_thres=0.45, max_det=4)
   assert not np.asarray(out.valid).any()
   assert len(nms.nms_numpy(predictions[0], conf_thres=0.25)[1]) == 0
+
+
+@pytest.mark.parametrize('multi_label', [True, False])
+def test_index_points_at_the_source_prediction_row(multi_label):
+  rng = np.random.default_rng(5)
+  n, nc = 200, 4
+  pred = np.concatenate([rng.uniform(20, 100, (2, n, 2)), rng.uniform(5, 40, (2, n, 2)),
+                         rng.uniform(0, 1, (2, n, 1 + nc))], -1).astype(np.float32)
+  out = nms.batched_nms(pred, conf_thres=0.2, iou_thres=0.5, max_det=50, multi_label=multi_label)
+  for b in range(2):
+    for k in np.flatnonzero(np.asarray(out.valid[b])):
+      row = pred[b, int(out.index[b, k])]
+      cx, cy, w, h = row[:4]
+      np.testing.assert_allclose(np.asarray(out.boxes[b, k]), [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2],
+                                 rtol=1e-6)
+      assert float(out.scores[b, k]) == pytest.approx(float(row[4] * row[5 + int(out.classes[b, k])]))

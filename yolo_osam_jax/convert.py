@@ -207,6 +207,6 @@ def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str) -> Non
     np.savez(path, **state_dict)
   elif path.endswith('.safetensors'):
     from safetensors.numpy import save_file
-    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
+    save_file({k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in state_dict.items()}, path)
   else:
     raise ValueError(f'{path}: expected a .npz or .safetensors file name')

@@ -12,44 +12,17 @@ npz / safetensors: the yolov5-layout state dict (`convert.to_yolov5_state_dict`)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from yolo_osam_jax import checkpoint, convert, models
-from yolo_osam_jax.models import layers as layers_lib
 from yolo_osam_jax.predict import class_names_of, max_stride_of
 
 FORMATS = ('onnx', 'npz', 'safetensors')
 ONNX_OPSET = 18
-
-
-@contextlib.contextmanager
-def _onnx_friendly_pooling():
-  """SPPF's pooling written the way jax2onnx's flax max_pool converter accepts it, during the export.
-
-  jax2onnx replaces `flax.linen.max_pool` while tracing by a version that takes `window_shape` by keyword
-  and a string padding; SPPF calls it with explicit ((p, p), (p, p)) pads. For odd k and stride 1,
-  'SAME' pads k // 2 on each side, so the pooled values are identical (tests/test_export.py compares the
-  ONNX output with the unchanged JAX model). The lax-level reduce_window converter is no way round: its
-  ONNX MaxPool fails in onnxruntime ("Unsupported pooling size").
-  """
-  original = layers_lib.max_pool_same
-
-  def max_pool_same(x, k: int):
-    if k % 2 != 1:
-      return original(x, k)
-    return nn.max_pool(x, window_shape=(k, k), strides=(1, 1), padding='SAME')
-
-  layers_lib.max_pool_same = max_pool_same
-  try:
-    yield
-  finally:
-    layers_lib.max_pool_same = original
 
 
 def export_onnx(variables, config, path: str, *, img_size: int | None = None, batch: int = 1,
@@ -74,9 +47,8 @@ def export_onnx(variables, config, path: str, *, img_size: int | None = None, ba
     return predictions.astype(jnp.float32)
 
   shape = ('B' if dynamic_batch else int(batch), img_size, img_size, 3)
-  with _onnx_friendly_pooling():
-    proto = to_onnx(forward, [shape], model_name='yolo_osam', opset=ONNX_OPSET,
-                    input_names=['images'], output_names=['predictions'])
+  proto = to_onnx(forward, [shape], model_name='yolo_osam', opset=ONNX_OPSET,
+                  input_names=['images'], output_names=['predictions'])
   # jax2onnx stamps some intermediate shapes in NHWC order on NCHW tensors (onnxruntime then warns
   # "Error merging shape info"); intermediate value_info is optional, so leave shape inference to the runtime.
   del proto.graph.value_info[:]

@@ -191,31 +191,6 @@ def resolve_classes(classes, class_names: Sequence[str]) -> tuple[int, ...] | No
 # The jitted detection function.
 
 
-def _source_rows(predictions, found: nms_lib.NmsOutput):
-  """Index [B, max_det] of the prediction row each kept detection came from.
-
-  The NMS returns boxes, scores and classes but not row indices; in single-label mode a kept detection
-  is the highest-scoring row whose box (computed the same way) and best class equal it, which is exactly
-  the row the stable greedy pass kept. The loop runs only as many steps as the most detections kept.
-  """
-  objectness = predictions[..., 4]
-  class_scores = predictions[..., 5:] * objectness[..., None]
-  scores = jnp.max(class_scores, axis=-1)
-  classes = jnp.argmax(class_scores, axis=-1).astype(jnp.int32)
-  cx, cy, w, h = (predictions[..., i] for i in range(4))
-  boxes = jnp.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
-  index = jnp.zeros(found.classes.shape, jnp.int32)
-  num_kept = jnp.max(jnp.sum(found.valid, axis=-1))
-
-  def body(k, index):
-    same = (jnp.all(boxes == found.boxes[:, k, None, :], axis=-1)
-            & (classes == found.classes[:, k, None]))
-    row = jnp.argmax(jnp.where(same, scores, -jnp.inf), axis=-1).astype(jnp.int32)
-    return index.at[:, k].set(row)
-
-  return jax.lax.fori_loop(0, num_kept, body, index)
-
-
 @functools.partial(jax.jit, static_argnames=('module', 'conf_thres', 'iou_thres', 'max_det', 'keep'))
 def _detect(variables, images, *, module, conf_thres: float, iou_thres: float, max_det: int,
             keep: tuple[int, ...] | None):
@@ -231,8 +206,7 @@ def _detect(variables, images, *, module, conf_thres: float, iou_thres: float, m
     predictions = predictions.at[..., 4].set(jnp.where(wanted[best], predictions[..., 4], 0.0))
   found = nms_lib.batched_nms(predictions, conf_thres=conf_thres, iou_thres=iou_thres,
                               max_det=max_det, multi_label=False)
-  rows = _source_rows(predictions, found)
-  probabilities = jnp.take_along_axis(predictions[..., 5:], rows[..., None], axis=1)
+  probabilities = jnp.take_along_axis(predictions[..., 5:], found.index[..., None], axis=1)
   return found.boxes, found.scores, found.classes, found.valid, probabilities
 
 

@@ -39,10 +39,12 @@ class NmsOutput(NamedTuple):
   scores: jax.Array   # [B, max_det]
   classes: jax.Array  # [B, max_det] int32
   valid: jax.Array    # [B, max_det] bool
+  index: jax.Array    # [B, max_det] int32: the prediction row each detection came from (0 when invalid)
 
 
 def _candidates(prediction, conf_thres, multi_label):
-  """One image's candidates: boxes [N*, 4] xyxy, scores [N*] (-inf = not a candidate), classes [N*]."""
+  """One image's candidates: boxes [N*, 4] xyxy, scores [N*] (-inf = not a candidate), classes [N*],
+  and the prediction row [N*] each candidate comes from."""
   num_classes = prediction.shape[-1] - 5
   cx, cy, w, h = (prediction[:, i] for i in range(4))
   boxes = jnp.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
@@ -54,15 +56,17 @@ def _candidates(prediction, conf_thres, multi_label):
     scores = jnp.where(keep, class_scores, -jnp.inf).reshape(-1)
     classes = jnp.tile(jnp.arange(num_classes, dtype=jnp.int32), prediction.shape[0])
     boxes = jnp.repeat(boxes, num_classes, axis=0)
+    rows = jnp.repeat(jnp.arange(prediction.shape[0], dtype=jnp.int32), num_classes)
   else:
     best = jnp.max(class_scores, axis=-1)
     classes = jnp.argmax(class_scores, axis=-1).astype(jnp.int32)
     scores = jnp.where(is_object & (best > conf_thres), best, -jnp.inf)
-  return boxes, scores, classes
+    rows = jnp.arange(prediction.shape[0], dtype=jnp.int32)
+  return boxes, scores, classes, rows
 
 
 def _nms_one(prediction, *, conf_thres, iou_thres, max_det, multi_label, max_candidates):
-  boxes, scores, classes = _candidates(prediction, conf_thres, multi_label)
+  boxes, scores, classes, rows = _candidates(prediction, conf_thres, multi_label)
   k = min(max_candidates, scores.shape[0])
   # lax.top_k puts the lower index first among equal values: the stable order of rule 3.
   top_scores, top_index = jax.lax.top_k(scores, k)
@@ -94,7 +98,8 @@ def _nms_one(prediction, *, conf_thres, iou_thres, max_det, multi_label, max_can
   out_boxes = jnp.where(valid[:, None], top_boxes[picked], 0)
   out_scores = jnp.where(valid, top_scores[picked], 0)
   out_classes = jnp.where(valid, top_classes[picked], 0)
-  return NmsOutput(out_boxes, out_scores, out_classes, valid)
+  out_index = jnp.where(valid, rows[top_index[picked]], 0)
+  return NmsOutput(out_boxes, out_scores, out_classes, valid, out_index)
 
 
 @functools.partial(jax.jit, static_argnames=('conf_thres', 'iou_thres', 'max_det', 'multi_label',

@@ -86,8 +86,14 @@ class C3(nn.Module):
 
 
 def max_pool_same(x, k: int):
-  p = k // 2
-  return nn.max_pool(x, (k, k), strides=(1, 1), padding=((p, p), (p, p)))
+  """k×k max-pool, stride 1, k // 2 padding on every side (PyTorch's MaxPool2d(k, 1, k // 2)).
+
+  For odd k, 'SAME' is exactly that padding (and -inf pads, as PyTorch); written this way because
+  jax2onnx's flax max_pool converter accepts only string paddings.
+  """
+  if k % 2 != 1:
+    raise ValueError(f'SPPF pooling needs an odd kernel, got {k}')
+  return nn.max_pool(x, window_shape=(k, k), strides=(1, 1), padding='SAME')
 
 
 class SPPF(nn.Module):
