@@ -1,0 +1,147 @@
+"""The paper's comparison tables as rows of config overrides (run them with scripts/ablate.py).
+
+Every row starts from `configs/base.py` (YOLO-OSAM as the paper describes it) and applies its overrides,
+written like command-line overrides (`model.attention.kind=osam`); nothing is a copied config file.
+Detector rows (`kind='detector'`) train through the detection trainer, classifier rows
+(`kind='classifier'`, `model.arch` cspdarknet_cls | alexnet) through yolo_osam_jax/classify.py.
+
+  1  YOLO-OSAM against yolov5s and the detector baselines the repository has
+  2  attention variants on the classifiers: none, SAM, OSAM, CBAM (channel + OSAM), CBAM (channel + SAM)
+  3  YOLO-OSAM against yolov5s over N rounds, with a two-sample t-test
+  4  OSAM's CBL repeats, 0–4, on the classifiers
+  5  where attention sits in the classifiers: after every stage ("embedding") or only at the end ("last")
+  6  where attention sits in the detector: backbone or neck
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from yolo_osam_jax import config_utils
+
+DETECTOR = 'detector'
+CLASSIFIER = 'classifier'
+
+# Metric keys as the runners report them (fractions in [0, 1]); tables print them in %.
+DETECTOR_METRICS = ('f1', 'map50', 'accuracy')
+CLASSIFIER_METRICS = ('accuracy', 'f1')
+METRIC_NAMES = {'f1': 'F1', 'map50': 'mAP50', 'map': 'mAP50-95', 'accuracy': 'Accuracy'}
+
+# Config fields rows may set that configs/base.py may not define yet (created on first use).
+NEW_FIELDS = {'model.arch': 'yolo'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  name: str                      # identifier: results file names, --rows
+  label: str                     # what the table prints
+  kind: str                      # detector | classifier
+  overrides: tuple[str, ...]     # 'a.b=value', applied to base.get_config() in order
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  number: int
+  title: str
+  rows: tuple[Row, ...]
+  metrics: tuple[str, ...]
+  default_rounds: int = 3
+  compare: tuple[str, str] | None = None   # (row, row) for the t-test (Table 3)
+
+  def row(self, name: str) -> Row:
+    for r in self.rows:
+      if r.name == name:
+        return r
+    raise KeyError(f"table {self.number} has no row {name!r}; rows: {[r.name for r in self.rows]}")
+
+
+# --- detector rows -------------------------------------------------------------------------------
+
+def _detector(name, label, fusion, kind, where, gate='softmax', repeats=3) -> Row:
+  return Row(name, label, DETECTOR, (
+      'model.arch=yolo', f'model.fusion={fusion}', f'model.attention.kind={kind}',
+      f'model.attention.where={where}', f'model.attention.gate={gate}',
+      f'model.attention.cbl_repeats={repeats}'))
+
+
+YOLOV5S = _detector('yolov5s', 'yolov5s', 'none', 'none', 'none')
+YOLO_OSAM = _detector('yolo_osam', 'YOLO-OSAM (paper: softmax attention)', 'reference', 'osam',
+                      'backbone')
+DETECTOR_BASELINES = (
+    YOLOV5S,
+    _detector('yolov5s_p2', 'yolov5s + P2 head (textbook FPN)', 'fpn', 'none', 'none'),
+    _detector('yolov5s_cbam', 'yolov5s + CBAM (backbone)', 'none', 'cbam_sam', 'backbone'),
+    _detector('yolov5s_fusion', 'yolov5s + published fusion branch, no attention', 'reference',
+              'none', 'none'),
+    _detector('yolo_osam_published', 'YOLO-OSAM as published (identity attention)', 'reference', 'osam',
+              'backbone', gate='reference'),
+    YOLO_OSAM,
+)
+
+# --- classifier rows -----------------------------------------------------------------------------
+
+ARCH_LABELS = {'cspdarknet_cls': 'CSPDarknet53', 'alexnet': 'AlexNet'}
+KIND_LABELS = {'none': 'no attention', 'sam': 'SAM', 'osam': 'OSAM', 'cbam_osam': 'CBAM (channel + OSAM)',
+               'cbam_sam': 'CBAM (channel + SAM)'}
+
+PLACE_LABELS = {'embedding': 'after every stage', 'last': 'last stage only'}
+
+
+def _classifier(arch, kind, where='embedding', repeats=3, name=None, label=None) -> Row:
+  name = name or f'{arch}_{kind}'
+  label = label or f'{ARCH_LABELS[arch]} + {KIND_LABELS[kind]}'
+  return Row(name, label, CLASSIFIER, (
+      f'model.arch={arch}', f'model.attention.kind={kind}', f'model.attention.where={where}',
+      'model.attention.gate=softmax', f'model.attention.cbl_repeats={repeats}'))
+
+
+TABLES = {
+    1: Table(1, 'YOLO-OSAM against yolov5s and other detectors', DETECTOR_BASELINES, DETECTOR_METRICS),
+    2: Table(2, 'Attention variants (classifiers, attention after every stage)', tuple(
+        _classifier(arch, kind) for arch in ARCH_LABELS for kind in KIND_LABELS), CLASSIFIER_METRICS),
+    3: Table(3, 'YOLO-OSAM against yolov5s over rounds, with a t-test', (YOLOV5S, YOLO_OSAM),
+             DETECTOR_METRICS, default_rounds=10, compare=('yolov5s', 'yolo_osam')),
+    4: Table(4, "OSAM's CBL repeats (classifiers, attention after every stage)", tuple(
+        _classifier(arch, 'osam', repeats=n, name=f'{arch}_osam_cbl{n}',
+                    label=f'{ARCH_LABELS[arch]} + OSAM, {n} CBL')
+        for arch in ARCH_LABELS for n in range(5)), CLASSIFIER_METRICS),
+    5: Table(5, 'Where attention sits in the classifiers (OSAM)', tuple(
+        _classifier(arch, 'osam', where=where, name=f'{arch}_osam_{where}',
+                    label=f'{ARCH_LABELS[arch]} + OSAM, {PLACE_LABELS[where]}')
+        for arch in ARCH_LABELS for where in PLACE_LABELS), CLASSIFIER_METRICS),
+    6: Table(6, 'Where attention sits in the detector (OSAM, published fusion branch)', (
+        _detector('fusion_no_attention', 'no attention', 'reference', 'none', 'none'),
+        _detector('osam_backbone', 'OSAM in the backbone', 'reference', 'osam', 'backbone'),
+        _detector('osam_neck', 'OSAM in the neck', 'reference', 'osam', 'neck'),
+    ), DETECTOR_METRICS),
+}
+
+# Applied on top of every row by `scripts/ablate.py --smoke`: a few steps on tiny images.
+SMOKE_OVERRIDES = (
+    'data.img_size=32', 'data.batch_size=4', 'data.num_workers=0',
+    'train.epochs=1', 'train.warmup_epochs=0.0', 'train.warmup_min_iters=0', 'train.nominal_batch=4',
+    'train.autoanchor=False', 'train.log_every=1', 'eval.batch_size=4',
+)
+
+
+def get_table(number: int) -> Table:
+  if number not in TABLES:
+    raise ValueError(f'no table {number}; tables: {sorted(TABLES)}')
+  return TABLES[number]
+
+
+def apply(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+  """Applies `overrides` to `config` in place (creating the NEW_FIELDS it lacks) and returns it."""
+  for item in overrides:
+    key = item.split('=', 1)[0]
+    if key in NEW_FIELDS:
+      *parents, leaf = key.split('.')
+      node = config
+      for p in parents:
+        node = node[p]
+      if leaf not in node:
+        node[leaf] = NEW_FIELDS[key]
+  config_utils.apply_overrides(config, overrides)
+  return config

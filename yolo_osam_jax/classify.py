@@ -1,0 +1,211 @@
+"""Training and evaluation of the classification baselines (models/classifiers.py) on face crops.
+
+`train_and_evaluate(config, train_source, eval_source)` trains `build_classifier(config.model)` on the
+classification view of a dataset (every face box cropped and letterboxed, data/pipeline.py) with
+softmax cross-entropy, then reports on `eval_source`:
+  accuracy   correct faces / faces
+  f1         macro F1 over the classes that occur as a true or a predicted class
+             (evaluation.accuracy.macro_f1: scikit-learn's average='macro', zero_division=0)
+  eval_loss  mean cross-entropy
+
+Optimiser: the detection trainer's yolov5 optimiser (training/optim.py: SGD-Nesterov or Adam, parameter
+groups, warm-up, linear/cosine decay, gradient accumulation to train.nominal_batch), built for the
+classifier's parameters. Not used here: the EMA of the weights (evaluation uses the trained weights).
+Dropout (AlexNet's FC layers) draws from `config.seed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Sequence
+
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from yolo_osam_jax.data import pipeline
+from yolo_osam_jax.evaluation import accuracy as accuracy_lib
+from yolo_osam_jax.models import classifiers
+from yolo_osam_jax.training import optim
+
+log = logging.getLogger(__name__)
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+def make_optimizer(train_config, batch_size: int, steps_per_epoch: int, epochs: int):
+  """The detection trainer's yolov5 optimiser (training/optim.py) for a run of `epochs` epochs."""
+  train_config = train_config.copy_and_resolve_references()
+  train_config.epochs = int(epochs)
+  schedule = optim.schedule_from_config(train_config, steps_per_epoch, batch_size)
+
+  def build(params):
+    return optim.build_optimizer(train_config, schedule, optim.param_labels(params), batch_size)
+
+  return build, schedule
+
+
+def to_float_images(images):
+  return jnp.asarray(images).astype(jnp.float32) / 255.0
+
+
+def cross_entropy(logits, labels):
+  """Mean softmax cross-entropy (training batches have no padding rows: the loader drops the rest)."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels))
+
+
+def create_state(module, build_optimizer, rng, img_size: int) -> TrainState:
+  """Initial variables and optimiser state; `build_optimizer(params)` gives the optax transformation."""
+  variables = jax.jit(lambda r: module.init(r, jnp.zeros((1, img_size, img_size, 3)), train=False))(rng)
+  return TrainState.create(apply_fn=module.apply, params=variables['params'],
+                           tx=build_optimizer(variables['params']),
+                           batch_stats=variables.get('batch_stats', {}))
+
+
+def make_train_step(module):
+  def train_step(state: TrainState, images, labels, rng):
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      logits, updates = module.apply({'params': params, 'batch_stats': state.batch_stats},
+                                     to_float_images(images), train=True, mutable=['batch_stats'],
+                                     rngs={'dropout': dropout_rng})
+      loss = cross_entropy(logits, labels)
+      return loss, (updates['batch_stats'], jnp.mean(jnp.argmax(logits, -1) == labels))
+
+    (loss, (batch_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return state, {'loss': loss, 'accuracy': acc}
+
+  # The state is replaced every step: donate its buffers.
+  return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(module):
+  def eval_step(params, batch_stats, images):
+    return module.apply({'params': params, 'batch_stats': batch_stats}, to_float_images(images),
+                        train=False)
+  return jax.jit(eval_step)
+
+
+def classification_metrics(labels, predicted, num_classes: int) -> dict:
+  """Accuracy, macro F1 and the confusion matrix [nc, nc] of integer labels vs predictions."""
+  labels = np.asarray(labels, np.int64)
+  predicted = np.asarray(predicted, np.int64)
+  cm = accuracy_lib.classification_confusion(labels, predicted, num_classes)
+  f1, _, _, _ = accuracy_lib.macro_f1(cm)
+  return {'accuracy': float(np.mean(labels == predicted)) if labels.size else 0.0, 'f1': f1,
+          'confusion': cm[:, :num_classes]}
+
+
+def evaluate(eval_step, state: TrainState, batches, num_classes: int) -> dict:
+  """Metrics over every valid row of `batches` (padding rows, valid=False, are left out)."""
+  labels, predicted, losses = [], [], []
+  for batch in batches:
+    logits = np.asarray(eval_step(state.params, state.batch_stats, batch['image']), np.float32)
+    valid = np.asarray(batch['valid'], bool)
+    label = np.asarray(batch['label'], np.int64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    losses.append(-log_probs[np.arange(len(label)), label][valid])
+    labels.append(label[valid])
+    predicted.append(logits.argmax(-1)[valid])
+  labels, predicted = np.concatenate(labels), np.concatenate(predicted)
+  metrics = classification_metrics(labels, predicted, num_classes)
+  metrics['eval_loss'] = float(np.concatenate(losses).mean()) if labels.size else float('nan')
+  metrics['eval_faces'] = int(labels.size)
+  return metrics
+
+
+def index_faces(source: Sequence, num_classes: int, what: str) -> np.ndarray:
+  """[(record, box)] pairs of every face (as `pipeline.face_index`), checking each label in one pass."""
+  pairs = []
+  for i in range(len(source)):
+    example = source[i]
+    labels = np.asarray(example['objects']['label']).reshape(-1)
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+      image_id = np.asarray(example.get('image_id', '')).item()
+      image_id = image_id.decode('utf-8') if isinstance(image_id, bytes) else str(image_id)
+      raise ValueError(f"{what} record {i} (image_id {image_id!r}): label {int(bad[0])} is outside "
+                       f"0..{num_classes - 1} (model.num_classes = {num_classes})")
+    pairs.extend((i, j) for j in range(labels.size))
+  return np.asarray(pairs, np.int64).reshape(-1, 2)
+
+
+def train_and_evaluate(config, train_source: Sequence, eval_source: Sequence, *,
+                       epochs: int | None = None, max_steps: int | None = None,
+                       progress: bool = True, log_every: int | None = None) -> dict:
+  """Trains the configured classifier and returns its metrics on `eval_source`.
+
+  config: full config (model with arch cspdarknet_cls | alexnet, data, train, seed).
+  train_source, eval_source: TFDS-style examples (e.g. `pipeline.open_tfds_source(...)`).
+  epochs: default config.train.epochs; max_steps: stop earlier (smoke runs).
+  Returns {'accuracy', 'f1', 'eval_loss', 'eval_faces', 'train_loss', 'train_accuracy', 'steps',
+  'epochs', 'num_params', 'train_seconds', 'confusion' (list of lists)}.
+  """
+  module = classifiers.build_classifier(config.model)
+  num_classes = int(config.model.num_classes)
+  img_size = int(config.data.img_size)
+  batch_size = int(config.data.batch_size)
+  seed = int(config.seed)
+  epochs = int(config.train.epochs if epochs is None else epochs)
+  if epochs < 1:
+    raise ValueError(f'epochs must be ≥ 1, got {epochs}')
+
+  train_faces = index_faces(train_source, num_classes, 'train')
+  eval_faces = index_faces(eval_source, num_classes, 'eval')
+  steps_per_epoch = len(train_faces) // batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f'{len(train_faces)} training faces give no batch of data.batch_size = {batch_size}')
+  total_steps = steps_per_epoch * epochs
+  if max_steps is not None:
+    total_steps = min(total_steps, int(max_steps))
+
+  build_optimizer, schedule = make_optimizer(config.train, batch_size, steps_per_epoch, epochs)
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+  state = create_state(module, build_optimizer, init_rng, img_size)
+  num_params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(state.params)))
+  train_step = make_train_step(module)
+  eval_step = make_eval_step(module)
+
+  loader = pipeline.make_classification_loader(train_source, config.data, train=True, seed=seed,
+                                               faces=train_faces)
+  batches = iter(loader)
+  log_every = int(config.train.log_every if log_every is None else log_every)
+  start = time.perf_counter()
+  step, losses, accs = 0, [], []
+  with tqdm(total=total_steps, disable=not progress, desc=f'{classifiers.arch_of(config.model)}',
+            leave=False) as bar:
+    while step < total_steps:
+      batch = next(batches)
+      state, out = train_step(state, batch['image'], batch['label'], dropout_rng)
+      step += 1
+      bar.update(1)
+      if step % steps_per_epoch == 0 or step == total_steps or step % log_every == 0:
+        losses.append(float(out['loss']))
+        accs.append(float(out['accuracy']))
+        if not math.isfinite(losses[-1]):
+          raise FloatingPointError(f'classifier training diverged at step {step}: loss {losses[-1]}')
+        bar.set_postfix(loss=f'{losses[-1]:.4f}', epoch=f'{step / steps_per_epoch:.2f}')
+  jax.block_until_ready(state.params)
+  train_seconds = time.perf_counter() - start
+
+  eval_loader = pipeline.make_classification_loader(eval_source, config.data, train=False, seed=seed,
+                                                    batch_size=int(config.eval.batch_size),
+                                                    faces=eval_faces)
+  metrics = evaluate(eval_step, state, eval_loader, num_classes)
+  metrics['confusion'] = metrics['confusion'].tolist()
+  metrics.update(train_loss=losses[-1], train_accuracy=accs[-1], steps=step,
+                 optimizer_steps=step // schedule.accumulate, epochs=step / steps_per_epoch,
+                 num_params=num_params, train_seconds=train_seconds)
+  log.info('classifier %s: accuracy %.4f, macro F1 %.4f after %d steps',
+           classifiers.arch_of(config.model), metrics['accuracy'], metrics['f1'], step)
+  return metrics
