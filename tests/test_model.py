@@ -223,3 +223,10 @@ def test_bad_config_values_are_named():
   cfg.anchors = [[10, 13, 16, 30, 33, 23]]
   with pytest.raises(ValueError, match='model.anchors has 1 levels'):
     models.build(cfg)
+
+
+def test_classifier_arch_is_refused_by_the_detector_builder():
+  cfg = base.model_config()
+  cfg.arch = 'alexnet'
+  with pytest.raises(ValueError, match=r"model.arch='alexnet' is a classifier"):
+    models.build(cfg)

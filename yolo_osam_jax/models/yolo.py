@@ -236,6 +236,10 @@ class YOLO(nn.Module):
 
 def build(model_config) -> YOLO:
   """The Flax module for `config.model` (see configs/base.py for the keys)."""
+  arch = model_config.get('arch', 'yolo')
+  if arch != 'yolo':
+    raise ValueError(f"model.arch={arch!r} is a classifier baseline: build it with "
+                     "models.classifiers.build_classifier and train it with yolo_osam_jax.classify")
   levels = heads.levels(model_config)
   anchors = tuple(tuple(tuple(float(v) for v in wh) for wh in lv.anchors) for lv in levels)
   if len({len(a) for a in anchors}) != 1:
