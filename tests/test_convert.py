@@ -125,7 +125,10 @@ def test_published_yolo_osam_key_layout():
   # The published attention names (SPEC §2.1) and Detect at index 32 with the Detect-order anchors.
   cfg = base.model_config('s', 7)
   cfg.attention.gate = 'reference'
-  sd = convert.to_yolov5_state_dict(convert.init_variables(cfg), cfg)
+  shapes = convert.variable_shapes(cfg)
+  rng = np.random.default_rng(0)
+  sd = convert.to_yolov5_state_dict(
+      jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes), cfg)
   for name in ('spatial', 'spatiall', 'spatialll', 'spatiala', 'spatialla', 'spatiallla', 'spatialc'):
     assert f'model.3.{name}.conv.weight' in sd and f'model.13.{name}.bn.running_var' in sd
   assert sd['model.3.spatialc.conv.weight'].shape == (1, 2, 3, 3)

@@ -105,11 +105,12 @@ def test_decode_matches_formula():
 
 
 def test_detect_bias_priors():
-  cfg = yolov5s(7)
-  m = models.build(cfg)
-  v = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+  from yolo_osam_jax.models.yolo import Detect
+  det = Detect(num_classes=7, num_anchors=3, strides=(8, 16, 32))
+  xs = [jnp.zeros((1, 64 // s, 64 // s, 16)) for s in (8, 16, 32)]
+  v = det.init(jax.random.PRNGKey(0), xs)
   for i, stride in enumerate((8, 16, 32)):
-    b = np.asarray(v['params']['layer_24'][f'm_{i}']['bias']).reshape(3, 12)
+    b = np.asarray(v['params'][f'm_{i}']['bias']).reshape(3, 12)
     np.testing.assert_allclose(b[:, 4], np.log(8 / (640 / stride) ** 2), rtol=1e-6)
     np.testing.assert_allclose(b[:, 5:], np.log(0.6 / (7 - 0.99)), rtol=1e-6)
 
@@ -166,17 +167,17 @@ def test_sigmoid_gate_and_sam_formulas():
 
 
 def test_train_mode_updates_batch_stats():
-  cfg = yolov5s(7)
-  cfg.width = 0.125
-  m = models.build(cfg)
+  # The stem CBL (6×6, stride 2, padding 2) in training mode: batch statistics, running mean updated
+  # with PyTorch momentum 0.03, i.e. 0.97·0 + 0.03·(batch mean of the conv output).
+  from yolo_osam_jax.models.layers import CBL
+  cbl = CBL(16, 6, 2, 2)
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3))
-  v = m.init(jax.random.PRNGKey(0), x)
-  (_, raw), upd = m.apply(v, x, train=True, mutable=['batch_stats'])
-  stem_mean = np.asarray(upd['batch_stats']['layer_0']['bn']['mean'])
-  # PyTorch/flax running mean with momentum 0.03: 0.97·0 + 0.03·batch mean of the stem conv output.
-  conv = jax.lax.conv_general_dilated(x, v['params']['layer_0']['conv']['kernel'], (2, 2), ((2, 2), (2, 2)),
+  v = cbl.init(jax.random.PRNGKey(0), x)
+  _, upd = cbl.apply(v, x, True, mutable=['batch_stats'])
+  conv = jax.lax.conv_general_dilated(x, v['params']['conv']['kernel'], (2, 2), ((2, 2), (2, 2)),
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  np.testing.assert_allclose(stem_mean, 0.03 * np.asarray(conv).mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(upd['batch_stats']['bn']['mean']),
+                             0.03 * np.asarray(conv).mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-7)
 
 
 COMBOS = (
@@ -194,7 +195,7 @@ def test_every_variant_runs_under_jit(fusion, kind, where, gate, repeats):
   cfg.fusion, cfg.attention.kind, cfg.attention.where = fusion, kind, where
   cfg.attention.gate, cfg.attention.cbl_repeats = gate, repeats
   m = models.build(cfg)
-  v = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  v = jax.jit(m.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   fwd = jax.jit(lambda v, x: m.apply(v, x))
   strides = [4, 8, 16, 32] if fusion != 'none' else [8, 16, 32]
   n_att = sum(L.kind == 'attention' for L in m.layers)

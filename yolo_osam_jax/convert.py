@@ -108,9 +108,16 @@ def anchors_from_state_dict(state_dict: Mapping[str, np.ndarray], model_config) 
 
 
 def init_variables(model_config, rng=None, img_size: int = 64):
+  """Freshly initialised variables (one compiled init: much faster than running it op by op)."""
   module = models.build(model_config)
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  return module.init(rng, jnp.zeros((1, img_size, img_size, 3), jnp.float32))
+  return jax.jit(module.init)(rng, jnp.zeros((1, img_size, img_size, 3), jnp.float32))
+
+
+def variable_shapes(model_config, img_size: int = 64):
+  """The variables' shapes and dtypes, without computing any value."""
+  module = models.build(model_config)
+  return jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, img_size, img_size, 3)))
 
 
 def from_yolov5_state_dict(state_dict: Mapping[str, np.ndarray], model_config, rng=None,
@@ -121,7 +128,8 @@ def from_yolov5_state_dict(state_dict: Mapping[str, np.ndarray], model_config, r
   differs from the config's (transfer from COCO weights) the class rows of the Detect convolutions keep
   their fresh initialisation; that is logged.
   """
-  template = flax.core.unfreeze(init_variables(model_config, rng))
+  template = flax.core.unfreeze(variable_shapes(model_config))
+  fresh = None  # real initial values, computed only if some class rows must keep them
   nc = int(model_config.num_classes)
   det = _detect_index(model_config)
   no = 5 + nc
@@ -135,21 +143,25 @@ def from_yolov5_state_dict(state_dict: Mapping[str, np.ndarray], model_config, r
       if key not in state_dict:
         raise ConversionError(f'{key}: missing from the state dict (needed for {collection}/{"/".join(path)})')
       src = _from_torch_layout(np.asarray(state_dict[key]))
-      target = np.asarray(value)
+      target = value
       if src.shape != target.shape:
         is_detect = key.startswith(f'model.{det}.m.')
         if is_detect and src.shape[:-1] == target.shape[:-1] and src.shape[-1] % 3 == 0:
           # Different class count: copy box + objectness rows per anchor, keep the fresh class rows.
+          if fresh is None:
+            fresh = flax.core.unfreeze(init_variables(model_config, rng))
+          init_value = np.asarray(flax.traverse_util.flatten_dict(fresh[collection])[path])
           a = target.shape[-1] // no
           src_no = src.shape[-1] // a
           src_r = src.reshape(src.shape[:-1] + (a, src_no))
-          out = target.reshape(target.shape[:-1] + (a, no)).copy()
+          out = init_value.reshape(target.shape[:-1] + (a, no)).copy()
           out[..., :5] = src_r[..., :5]
           src = out.reshape(target.shape)
           partial_classes.append(key)
         else:
+          want = _to_torch_layout(np.empty(target.shape, np.float32)).shape
           raise ConversionError(f'{key}: shape {tuple(np.shape(state_dict[key]))} in the state dict, '
-                                f'the model needs {_to_torch_layout(target).shape}')
+                                f'the model needs {want}')
       flat[(collection,) + path] = jnp.asarray(src, dtype=target.dtype)
       consumed.add(key)
 
