@@ -93,14 +93,21 @@ def get_config() -> ml_collections.ConfigDict:
       'warmup_min_iters': 100,
       'warmup_momentum': 0.8,
       'warmup_bias_lr': 0.1,
-      'patience': 100,
+      'patience': 100,                    # early stopping (epochs without better fitness; 0 = off)
+      'val_every': 1,                     # validate every n epochs (and after the last)
       'ema': True,
+      'ema_decay': 0.9999,                # yolov5 ModelEMA: decay · (1 − exp(−updates / ema_tau))
+      'ema_tau': 2000.0,
+      'adam_beta2': 0.999,                # Adam/AdamW β2 (β1 = momentum)
       'autoanchor': True,
       'init_from': '',                    # converted orbax checkpoint to start from
       'freeze': 0,                        # freeze the first k layers (published layer indices)
       'max_bad_steps': 10,                # consecutive NaN/Inf steps before training stops
       'log_every': 10,
-      'bf16': False,
+      'checkpoint_every_steps': 0,        # also checkpoint every n steps inside an epoch (0 = epoch ends)
+      'keep_checkpoints': 2,              # train-state checkpoints kept in <workdir>/checkpoints
+      'distributed': False,               # jax.distributed.initialize() (several hosts)
+      'bf16': False,                      # shorthand for model.dtype = 'bfloat16' while training
   })
 
   config.eval = ml_collections.ConfigDict({

@@ -19,6 +19,8 @@ import json
 import os
 import sys
 
+import _bootstrap  # noqa: F401
+
 from yolo_osam_jax.evaluation import coco as coco_lib
 from yolo_osam_jax.evaluation import significance
 from yolo_osam_jax.evaluation import yolov5 as yolov5_lib
@@ -57,17 +59,50 @@ def format_file_metrics(metrics: dict, mode: str) -> str:
   return '\n'.join(lines)
 
 
-def evaluate_checkpoint(config_path: str, checkpoint_dir: str, split: str, out_dir: str | None):
-  """Model mode: restore the checkpoint, run it over `split`, call evaluation.evaluate_batches.
+def resolve_checkpoint_dir(path: str) -> str:
+  """A model checkpoint directory, or a training run's workdir (its best/ weights, else last/)."""
+  from yolo_osam_jax import checkpoint
+  for candidate in (path, os.path.join(path, 'best'), os.path.join(path, 'last')):
+    if os.path.isfile(os.path.join(candidate, checkpoint.CONFIG_FILE)):
+      return candidate
+  raise ValueError(f"{path}: neither a model checkpoint (config.json + variables/) nor a training run "
+                   "with best/ or last/")
 
-  Not wired yet: the model restore and the eval data pipeline are being built in other modules; the
-  evaluation side is `yolo_osam_jax.evaluation.evaluate_batches(predict_fn, batches, config.eval,
-  class_names)`, then `json_ready`, `format_table` and `save_plots`.
+
+def evaluate_checkpoint(config_path: str, checkpoint_dir: str, split: str, out_dir: str | None,
+                        overrides=()) -> dict:
+  """Model mode: the checkpoint's network over `split` of the config's dataset; every metric + plots.
+
+  The network (and its anchors) comes from the checkpoint; data and eval settings from the config.
+  Writes metrics.json, the text table and the plots to `out_dir` (default <checkpoint>/eval_<split>).
   """
-  raise NotImplementedError(
-      f"scripts/eval.py --config {config_path} --checkpoint {checkpoint_dir}: model mode is not wired "
-      "yet (needs the checkpoint restore and the eval data pipeline). Evaluate exported detections with "
-      "--predictions/--ground-truth meanwhile.")
+  # Heavy imports only in model mode: file mode stays light.
+  from yolo_osam_jax import checkpoint, config_utils, evaluation, models
+  from yolo_osam_jax.data import pipeline
+  from yolo_osam_jax.training import loop
+
+  checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir)
+  config = config_utils.load_config(config_path, overrides)
+  saved_config, variables = checkpoint.load_model(checkpoint_dir)
+  config.model = saved_config.model
+  source = pipeline.open_tfds_source(config.data.dataset, split, config.data.data_dir or None,
+                                     config.data.builder_config or None)
+  names = loop.source_class_names(source)
+  if not names or len(names) != config.model.num_classes:
+    raise ValueError(f"dataset {config.data.dataset} has classes {names}, the checkpoint's model "
+                     f"{config.model.num_classes}: evaluate it on the dataset it was trained for")
+  results = loop.Evaluator(models.build(config.model), config, names)(variables, source)
+  table = evaluation.format_table(results)
+  print(f"{checkpoint_dir} on {config.data.dataset} [{split}]\n{table}")
+  out_dir = out_dir or os.path.join(checkpoint_dir, f'eval_{split}')
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
+    json.dump(evaluation.json_ready(results), f, indent=2)
+  with open(os.path.join(out_dir, 'metrics.txt'), 'w') as f:
+    f.write(table + '\n')
+  evaluation.save_plots(results, out_dir)
+  print(f"wrote {out_dir}")
+  return results
 
 
 def _read_rounds(path: str) -> list[float]:
@@ -90,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--compare', nargs=2, metavar=('A', 'B'),
                       help='two JSON lists of per-round results: t-test and Welch test')
   parser.add_argument('--out', help='write the metrics JSON here (model mode: a folder)')
-  args = parser.parse_args(argv)
+  argv = sys.argv[1:] if argv is None else argv
+  overrides = [a for a in argv if a.startswith('--config.')]
+  args = parser.parse_args([a for a in argv if not a.startswith('--config.')])
 
   try:
     if args.compare:
@@ -105,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.config or args.checkpoint:
       if not (args.config and args.checkpoint):
         parser.error('model mode needs both --config and --checkpoint')
-      evaluate_checkpoint(args.config, args.checkpoint, args.split, args.out)
+      evaluate_checkpoint(args.config, args.checkpoint, args.split, args.out, overrides)
       return 0
     else:
       parser.error('give --config/--checkpoint, --predictions/--ground-truth, or --compare')

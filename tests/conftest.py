@@ -6,6 +6,101 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+# Scripts import their `_bootstrap` sibling; tests load them as modules.
+if os.path.join(ROOT, 'scripts') not in sys.path:
+  sys.path.insert(1, os.path.join(ROOT, 'scripts'))
 
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
 FIXTURES = os.path.join(SHARED, 'fixtures')
+
+
+# --------------------------------------------------------------------------------------------------
+# A small trained detector for the prediction/export tests (added with the training loop, issue 5).
+
+import dataclasses as _dataclasses
+
+import pytest as _pytest
+
+# Scenes the fixture model is trained on; render a fresh test image with
+#   yolo_osam_jax.data.synthetic_faces.render_scene(np.random.default_rng(seed), DEMO_FIXTURE_SIZE,
+#                                                    DEMO_FIXTURE_SCENE)
+# with a seed ≥ 10_000 (the training scenes use seeds 0 … DEMO_FIXTURE_IMAGES - 1).
+DEMO_FIXTURE_SIZE = 64
+DEMO_FIXTURE_IMAGES = 192
+
+
+def _demo_fixture_scene():
+  from yolo_osam_jax.data import synthetic_faces  # pylint: disable=g-import-not-at-top
+  # One large, clearly drawn face on a plain background: learnable in a few hundred steps.
+  return _dataclasses.replace(
+      synthetic_faces.DEMO_SCENE, min_faces=1, max_faces=1, min_face_frac=0.55, max_face_frac=0.8,
+      background='flat', clutter=(0, 0), distractors=0.0, occlusion_prob=0.0, lighting=0.0,
+      noise_std=0.0, blur_prob=0.0, jpeg_prob=0.0, rotation=5.0, intensity=(1.0, 1.0), jitter=0.02,
+      glasses_prob=0.0)
+
+
+def synthetic_examples(count: int, size: int, scene, first_seed: int = 0, prefix: str = 'img'):
+  """TFDS-style examples (what `tfds.data_source(...)[i]` returns for our builders) rendered in memory."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from yolo_osam_jax.data import synthetic_faces  # pylint: disable=g-import-not-at-top
+  examples = []
+  for i in range(count):
+    image, boxes, labels = synthetic_faces.render_scene(np.random.default_rng(first_seed + i), size, scene)
+    x0, y0, x1, y1 = (boxes[:, k] / size for k in range(4))
+    examples.append({
+        'image': image,
+        'image_id': f'{prefix}_{i:05d}'.encode(),
+        'objects': {'bbox': np.stack([y0, x0, y1, x1], axis=1).astype(np.float32),
+                    'label': labels.astype(np.int64)},
+    })
+  return examples
+
+
+def demo_fixture_config():
+  """A tiny YOLO-OSAM (width 0.125) trained at 64², no augmentation but flips, Adam."""
+  from configs import base  # pylint: disable=g-import-not-at-top
+  config = base.get_config()
+  config.name = 'demo_fixture'
+  config.model.width, config.model.depth = 0.125, 0.33
+  config.data.img_size = DEMO_FIXTURE_SIZE
+  config.data.batch_size = 16
+  config.data.max_boxes = 2
+  for key in ('mosaic', 'translate', 'scale', 'hsv_h', 'hsv_s', 'hsv_v'):
+    config.data.aug[key] = 0.0
+  config.train.optimizer = 'adam'
+  config.train.lr0 = 0.005
+  config.train.lrf = 0.05
+  config.train.epochs = 30
+  config.train.warmup_epochs = 1.0
+  config.train.warmup_min_iters = 0
+  config.train.nominal_batch = 16
+  config.train.val_every = 30
+  config.train.patience = 0
+  config.loss.cls = 8.0  # yolov5's 0.5·nc/80 learns 7 classes too slowly for a few hundred steps
+  config.eval.batch_size = 32
+  return config
+
+
+@_pytest.fixture(scope='session')
+def demo_checkpoint(tmp_path_factory):
+  """Model-checkpoint directory (checkpoint.load_model) of a tiny detector trained on synthetic faces.
+
+  Trained once per test session (and shared between pytest-xdist workers through a file lock).
+  """
+  import filelock  # pylint: disable=g-import-not-at-top
+  from yolo_osam_jax import training  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # shared by all workers of this session
+  workdir = root / 'demo_checkpoint_run'
+  with filelock.FileLock(str(root / 'demo_checkpoint.lock')):
+    best = workdir / 'best'
+    if not (best / 'config.json').is_file():
+      scene = _demo_fixture_scene()
+      train = synthetic_examples(DEMO_FIXTURE_IMAGES, DEMO_FIXTURE_SIZE, scene, 0, 'train')
+      val = synthetic_examples(32, DEMO_FIXTURE_SIZE, scene, 5_000, 'val')
+      sources = {'train': train, 'validation': val}
+      from yolo_osam_jax.data import synthetic_faces  # pylint: disable=g-import-not-at-top
+      training.train_and_evaluate(demo_fixture_config(), str(workdir), sources=sources,
+                                  class_names=synthetic_faces.CLASS_NAMES, show_progress=False)
+  return str(best)

@@ -158,5 +158,6 @@ def test_script_errors(tmp_path, capsys):
   script = _load_script()
   assert script.main(['--predictions', str(bad), '--ground-truth', gt_path]) == 2
   assert f"{bad}: [0]: image_id 9 is not an image" in capsys.readouterr().err
-  with pytest.raises(NotImplementedError, match='not wired yet'):
-    script.main(['--config', 'configs/base.py', '--checkpoint', str(tmp_path)])
+  # A folder that is neither a model checkpoint nor a training run: exit 2, the folder named.
+  assert script.main(['--config', 'configs/base.py', '--checkpoint', str(tmp_path)]) == 2
+  assert f"{tmp_path}: neither a model checkpoint" in capsys.readouterr().err
