@@ -13,6 +13,13 @@ if os.path.join(ROOT, 'scripts') not in sys.path:
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
 FIXTURES = os.path.join(SHARED, 'fixtures')
 
+# Many tests compile the same networks at the same shapes (and xdist runs them in several processes):
+# a persistent compilation cache shared by the session's workers compiles each of them once.
+import jax as _jax  # noqa: E402
+
+_jax.config.update('jax_compilation_cache_dir', os.path.join(ROOT, '.pytest_cache', 'jax_cache'))
+_jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
 
 # --------------------------------------------------------------------------------------------------
 # A small trained detector for the prediction/export tests (added with the training loop, issue 5).

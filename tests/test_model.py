@@ -188,7 +188,13 @@ COMBOS = (
     + [('reference', 'osam', 'backbone', 'softmax', r) for r in (0, 1, 2, 4)])
 
 
-@pytest.mark.parametrize('fusion,kind,where,gate,repeats', COMBOS)
+# CI runs one variant per fusion mode and attention place plus the published one; `make test` runs all.
+CORE_COMBOS = {('none', 'none', 'none', 'softmax', 3), ('fpn', 'cbam_sam', 'neck', 'softmax', 3),
+               ('reference', 'osam', 'backbone', 'reference', 3), ('reference', 'cbam_osam', 'neck', 'softmax', 3)}
+
+
+@pytest.mark.parametrize('fusion,kind,where,gate,repeats', [
+    c if c in CORE_COMBOS else pytest.param(*c, marks=pytest.mark.slow) for c in COMBOS])
 def test_every_variant_runs_under_jit(fusion, kind, where, gate, repeats):
   cfg = base.model_config('s', 5)
   cfg.width = 0.125  # small channels: the structure is what is under test
