@@ -35,12 +35,17 @@ def save_model(directory: str, variables, config: ml_collections.ConfigDict) -> 
   return directory
 
 
-def load_config(directory: str) -> ml_collections.ConfigDict:
+def read_config_json(directory: str, what: str = 'a model checkpoint') -> ml_collections.ConfigDict:
+  """The config.json in `directory` (a model checkpoint or a training run's workdir)."""
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: not a model checkpoint (no {CONFIG_FILE})')
+    raise FileNotFoundError(f'{path}: not found; {directory} is not {what} (no {CONFIG_FILE})')
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def load_config(directory: str) -> ml_collections.ConfigDict:
+  return read_config_json(directory)
 
 
 def load_model(directory: str):

@@ -50,7 +50,7 @@ from yolo_osam_jax.training import step as step_lib
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = 'config.json'
+CONFIG_FILE = checkpoint.CONFIG_FILE
 CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR = 'best'
 LAST_DIR = 'last'
@@ -103,11 +103,7 @@ def resolve_workdir(config, workdir: str | None = None, resume: bool = False,
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run saved in its workdir."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: not found; {workdir} is not a training run to resume")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return checkpoint.read_config_json(workdir, 'a training run to resume')
 
 
 def open_sources(config) -> dict[str, Any]:
