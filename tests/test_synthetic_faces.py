@@ -122,7 +122,7 @@ def test_class_geometry_differs_as_described():
 def test_demo_and_hard_configs():
   configs = {c.name: c for c in sf.SyntheticFaces.BUILDER_CONFIGS}
   demo, hard = configs['demo'], configs['hard']
-  assert (demo.image_size, demo.num_train, demo.num_validation, demo.num_test) == (128, 600, 100, 100)
+  assert (demo.image_size, demo.num_train, demo.num_validation, demo.num_test) == (128, 1200, 100, 100)
   assert demo.scene.min_face_px >= 20 and hard.image_size > demo.image_size
   assert hard.num_train > demo.num_train and hard.scene.occlusion_prob > demo.scene.occlusion_prob
   assert sf.SyntheticFaces.CLASS_NAMES == (

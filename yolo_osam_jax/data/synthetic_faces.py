@@ -529,7 +529,7 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
 
 
 DEMO_SCENE = SceneConfig(
-    min_faces=1, max_faces=3, min_face_frac=0.16, max_face_frac=0.9, min_face_px=20.0,
+    min_faces=1, max_faces=3, min_face_frac=0.25, max_face_frac=0.9, min_face_px=32.0,
     max_overlap=0.05, rotation=12.0, intensity=(0.85, 1.0), jitter=0.04,
     hair_prob=0.5, glasses_prob=0.1, nose_prob=0.8, background='mixed', clutter=(1, 5),
     distractors=0.0, occlusion_prob=0.05, occlusion_max=0.2, lighting=0.2, noise_std=3.0,
@@ -552,8 +552,8 @@ class SyntheticFaces(common.DetectionBuilder):
   DISABLE_SHUFFLING = True  # record i of a split is scene i: re-render it with scene_rng
   BUILDER_CONFIGS = [
       SyntheticFacesConfig(
-          name='demo', description='600/100/100 images at 128², 1–3 large, clearly drawn faces.',
-          image_size=128, num_train=600, num_validation=100, num_test=100, seed=0,
+          name='demo', description='1200/100/100 images at 128², 1–3 large, clearly drawn faces.',
+          image_size=128, num_train=1200, num_validation=100, num_test=100, seed=0,
           encoding='png', scene=DEMO_SCENE),
       SyntheticFacesConfig(
           name='hard', description='6000/1000/1000 images at 256², 1–4 faces of 8–90 %, clutter, '
