@@ -58,6 +58,7 @@ def final_state(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_kill_and_resume_gives_the_same_weights(tmp_path):
   """8 steps straight == 5 steps, killed (last checkpoint: epoch end, step 4), resumed to 8: equal on CPU."""
   sources = tiny_sources()
@@ -94,6 +95,7 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_nan_steps_are_skipped_counted_and_stop_training(tmp_path, monkeypatch):
   """Step 2 gets a NaN pixel (skipped, training goes on); steps 4–6 too: stop after 3 in a row."""
   poisoned_calls = {2, 4, 5, 6, 7, 8}
@@ -165,6 +167,7 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent('''
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_eight_fake_devices_match_one_device(tmp_path):
   """One train step on a global batch of 16 sharded over 8 fake CPU devices vs. one device."""
   script = tmp_path / 'eight.py'
