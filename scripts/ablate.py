@@ -1,6 +1,7 @@
 """Runs one of the paper's comparison tables and writes it as markdown and CSV.
 
   python scripts/ablate.py --table 5 --dataset synthetic_faces [--rounds 3] [--epochs 30]
+  python scripts/ablate.py --table 6 --config configs/demo.py --dataset synthetic_faces/demo --epochs 10
   python scripts/ablate.py --table 3 --dataset rafdb_basic --data_dir ~/tensorflow_datasets --rounds 10
   python scripts/ablate.py --table 2 --smoke          # every row for a few steps on a tiny synthetic set
 
@@ -9,12 +10,18 @@ Rows are defined in configs/ablations (config overrides on configs/base.py). Rou
 classifier rows through yolo_osam_jax/classify.py; both train on the dataset's train split and report on
 `--eval_split` (default: config.data.test_split). `--config.a.b=value` overrides apply to every row.
 
+Rows start from --config (default configs/base.py, the paper's recipe; configs/demo.py is the short CPU
+recipe the synthetic-set tables in README use).
+
 Results: WORKDIR/table<N>/<row>/round_<r>.json, one per finished (row, round); a rerun with the same
 settings skips them, so an interrupted run resumes where it stopped (a result file written with other
-settings is an error, never mixed in). Then WORKDIR/table<N>.md and table<N>.csv: per row the mean ± sample
-standard deviation (ddof 1) over rounds of each metric, in %; Table 3 adds Student's and Welch's
-two-sided t-tests between its two rows (evaluation/significance.py, scipy.stats.ttest_ind) in the
-markdown and in table3_ttest.csv.
+settings is an error, never mixed in). Tables share rows (Table 3's are Table 1's, Table 5's "after every
+stage" rows are Table 4's 3-CBL rows, ...): a round whose settings equal a finished round of another
+table in the same WORKDIR is copied from it (`reused_from` in its file), not trained again.
+
+Tables: WORKDIR/table<N>.md and table<N>.csv: per row the mean ± sample standard deviation (ddof 1) over
+rounds of each metric, in %; Table 3 adds Student's and Welch's two-sided t-tests between its two rows
+(evaluation/significance.py, scipy.stats.ttest_ind) in the markdown and in table3_ttest.csv.
 
 Metrics: detector rows report the trainer's test summary (F1 = yolov5's box-level P/R F1, mAP50,
 mAP50-95, and the face accuracy of evaluation/accuracy.py); classifier rows report accuracy and macro F1
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import json
 import math
 import os
@@ -44,6 +52,7 @@ from configs import ablations
 from configs import base
 from yolo_osam_jax import config_utils
 
+BASE_CONFIG = 'configs/base.py'
 SMOKE_STEPS = 2
 SMOKE_IMAGE_SIZE = 64
 SMOKE_IMAGES = {'train': 8, 'eval': 4}
@@ -128,15 +137,22 @@ RUNNERS: dict[str, Callable] = {ablations.DETECTOR: run_detector, ablations.CLAS
 # Configs, results and resuming.
 
 
+def base_config_of(path: str = ''):
+  """The config every row starts from: `get_config()` of `path` ('' = configs/base.py)."""
+  return config_utils.load_config(path) if path else base.get_config()
+
+
 def row_config(row: ablations.Row, *, dataset: str, builder_config: str, data_dir: str, smoke: bool,
-               overrides, epochs: int | None, seed: int, num_classes: int):
+               overrides, epochs: int | None, seed: int, num_classes: int, base_config: str = ''):
   """The config of one (row, round): base config, dataset, row overrides, smoke overrides,
-  command-line overrides, then epochs and the round's seed."""
-  config = base.get_config()
+  command-line overrides, then epochs and the round's seed. An empty `data_dir` keeps the base
+  config's."""
+  config = base_config_of(base_config)
   config.name = f'ablate_{row.name}'
   config.data.dataset = dataset
   config.data.builder_config = builder_config
-  config.data.data_dir = data_dir
+  if data_dir:
+    config.data.data_dir = data_dir
   config.model.num_classes = num_classes
   ablations.apply(config, row.overrides)
   if smoke:
@@ -154,10 +170,11 @@ def result_path(workdir: str, table: int, row: str, round_index: int) -> str:
 
 
 def run_settings(row: ablations.Row, *, dataset: str, eval_split: str, smoke: bool, overrides,
-                 epochs: int | None, seed: int) -> dict:
+                 epochs: int | None, seed: int, base_config: str = '') -> dict:
   """What a stored result must match to be reused."""
   return {'row_overrides': list(row.overrides), 'dataset': dataset, 'eval_split': eval_split,
-          'smoke': bool(smoke), 'overrides': list(overrides), 'epochs': epochs, 'seed': int(seed)}
+          'smoke': bool(smoke), 'overrides': list(overrides), 'epochs': epochs, 'seed': int(seed),
+          'base_config': base_config or BASE_CONFIG}
 
 
 def load_result(path: str, settings: dict) -> dict | None:
@@ -178,6 +195,27 @@ def load_result(path: str, settings: dict) -> dict | None:
     raise ValueError(f'{path}: stored with other settings (differs in {", ".join(diff)}); use another '
                      '--workdir or delete it')
   return stored['metrics']
+
+
+def find_twin_result(workdir: str, path: str, settings: dict) -> tuple[str, dict] | None:
+  """(file, stored result) of another table's finished round with exactly `settings`, else None.
+
+  Tables share rows (Table 5's "after every stage" rows are Table 4's 3-CBL rows, Table 3's rows are
+  Table 1's, ...): such a round is trained once per workdir. Unreadable files are left to their own
+  table's run to report.
+  """
+  name = os.path.basename(path)
+  for other in sorted(glob.glob(os.path.join(workdir, 'table*', '*', name))):
+    if os.path.abspath(other) == os.path.abspath(path):
+      continue
+    try:
+      with open(other) as f:
+        stored = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      continue
+    if isinstance(stored, dict) and stored.get('settings') == settings and 'metrics' in stored:
+      return other, stored
+  return None
 
 
 def write_json(path: str, value) -> None:
@@ -310,7 +348,7 @@ def run_table(number: int, *, workdir: str, dataset: str = 'synthetic_faces', bu
               data_dir: str = '', eval_split: str | None = None, rounds: int | None = None,
               epochs: int | None = None, seed: int = 0, smoke: bool = False, overrides=(),
               rows=None, sources: Mapping | None = None, runners: Mapping | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              base_config: str = '', log: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) every (row, round) of table `number` and writes its tables.
 
   Returns {'summary': per-row stats, 'tests': t-tests or None, 'paths': written files, 'ran': the
@@ -329,14 +367,15 @@ def run_table(number: int, *, workdir: str, dataset: str = 'synthetic_faces', bu
     dataset, builder_config = 'smoke', ''
   elif not builder_config and dataset == 'synthetic_faces':
     builder_config = 'demo'
-  probe = ablations.apply(base.get_config(), overrides)
+  probe = ablations.apply(base_config_of(base_config), overrides)
   eval_split = eval_split or probe.data.test_split
 
   if sources is None:
     if smoke:
       sources = smoke_sources()
     else:
-      probe.data.dataset, probe.data.builder_config, probe.data.data_dir = dataset, builder_config, data_dir
+      probe.data.dataset, probe.data.builder_config = dataset, builder_config
+      probe.data.data_dir = data_dir or probe.data.data_dir
       sources = dataset_sources(probe, eval_split)
   dataset_name = f'{dataset}/{builder_config}' if builder_config else dataset
 
@@ -347,16 +386,25 @@ def run_table(number: int, *, workdir: str, dataset: str = 'synthetic_faces', bu
     for r in range(rounds):
       round_seed = seed + r
       settings = run_settings(row, dataset=dataset_name, eval_split=eval_split, smoke=smoke,
-                              overrides=overrides, epochs=epochs, seed=round_seed)
+                              overrides=overrides, epochs=epochs, seed=round_seed,
+                              base_config=base_config)
       path = result_path(workdir, number, row.name, r)
       metrics = load_result(path, settings)
+      twin = None if metrics is not None else find_twin_result(workdir, path, settings)
+      if twin is not None:
+        # The same run (same overrides, data, seed) already finished in another table: copy it over.
+        twin_path, stored = twin
+        write_json(path, dict(stored, reused_from=os.path.relpath(twin_path, workdir)))
+        metrics = stored['metrics']
+        log(f'table {number} {row.name} round {r}: same run as {twin_path}, reused')
       if metrics is not None:
         skipped.append((row.name, r))
-        log(f'table {number} {row.name} round {r}: done earlier ({path})')
+        if twin is None:
+          log(f'table {number} {row.name} round {r}: done earlier ({path})')
       else:
         config = row_config(row, dataset=dataset, builder_config=builder_config, data_dir=data_dir,
                             smoke=smoke, overrides=overrides, epochs=epochs, seed=round_seed,
-                            num_classes=len(sources['class_names']))
+                            num_classes=len(sources['class_names']), base_config=base_config)
         start = time.perf_counter()
         run_dir = os.path.join(workdir, f'table{number}', row.name, f'round_{r}')
         metrics = _json_ready(runners[row.kind](config, sources, run_dir,
@@ -375,8 +423,12 @@ def run_table(number: int, *, workdir: str, dataset: str = 'synthetic_faces', bu
     length = f'smoke run ({SMOKE_STEPS} classifier steps, one detector epoch of {SMOKE_IMAGES["train"]} images)'
   else:
     length = f'{epochs} epochs' if epochs is not None else 'config.train.epochs epochs'
-  description = (f'Dataset {dataset_name}, evaluated on {eval_split}; {rounds} round(s), seeds '
-                 f'{seed}–{seed + rounds - 1}; {length}. Mean ± sample std (ddof 1) over rounds, in %.')
+  recipe = base_config or BASE_CONFIG
+  if overrides:
+    recipe += ' with ' + ' '.join(f'`{o}`' for o in overrides)
+  description = (f'Dataset {dataset_name}, evaluated on {eval_split}; config {recipe}; {rounds} round(s), '
+                 f'seeds {seed}–{seed + rounds - 1}; {length}. Mean ± sample std (ddof 1) over rounds, '
+                 'in %.')
   paths = write_tables(workdir, table, summary, tests, description)
   return {'summary': summary, 'tests': tests, 'paths': paths, 'ran': ran, 'skipped': skipped}
 
@@ -386,9 +438,13 @@ def main(argv=None):
   rest, overrides = config_utils.split_config_args(argv)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--table', type=int, required=True, choices=sorted(ablations.TABLES))
+  parser.add_argument('--config', default='',
+                      help='config file every row starts from (default configs/base.py, the paper\'s '
+                      'recipe); e.g. configs/demo.py for short CPU runs on the synthetic set')
   parser.add_argument('--dataset', default=None,
                       help='TFDS dataset name, optionally NAME/CONFIG (required unless --smoke)')
-  parser.add_argument('--data_dir', default='', help='TFDS data dir (default: TFDS default)')
+  parser.add_argument('--data_dir', default='',
+                      help="TFDS data dir (default: the config's data.data_dir, else TFDS's default)")
   parser.add_argument('--eval_split', default=None, help='split to report on (default: config.data.test_split)')
   parser.add_argument('--rounds', type=int, default=None,
                       help='rounds per row (default: 10 for Table 3, else 3; smoke: 2 / 1)')
@@ -417,7 +473,7 @@ def main(argv=None):
   out = run_table(args.table, workdir=workdir, dataset=dataset, builder_config=builder_config,
                   data_dir=args.data_dir, eval_split=args.eval_split, rounds=args.rounds,
                   epochs=args.epochs, seed=args.seed, smoke=args.smoke, overrides=overrides,
-                  rows=args.rows.split(',') if args.rows else None)
+                  rows=args.rows.split(',') if args.rows else None, base_config=args.config)
   with open(out['paths'][0]) as f:
     print(f.read())
   print('wrote ' + ', '.join(out['paths']))

@@ -184,34 +184,106 @@ def test_detector_runner_maps_the_trainer_summary(monkeypatch):
   assert (metrics['f1'], metrics['map50'], metrics['map'], metrics['accuracy']) == (0.7, 0.6, 0.3, 0.8)
 
 
-def test_smoke_run_writes_every_row_and_resumes(tmp_path):
-  # A fresh process, as CI runs it (the smoke run lowers XLA's optimisation level before JAX starts).
-  command = [sys.executable, os.path.join(ROOT, 'scripts', 'ablate.py'), '--table', '5', '--smoke',
-             '--workdir', str(tmp_path), '--jax_cache', '']
-  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  table = ablations.get_table(5)
-  rows = read_csv(tmp_path / 'table5.csv')
+def test_shared_rows_are_trained_once_per_workdir(tmp_path):
+  run_fake(4, tmp_path, 2, CountingRunner())
+  then = CountingRunner()
+  out = run_fake(5, tmp_path, 2, then)
+  # Table 5's "after every stage" rows are Table 4's 3-CBL rows: only the "last stage" rows train.
+  assert sorted(then.calls) == sorted((f'ablate_{arch}_osam_last', s)
+                                      for arch in ablations.ARCH_LABELS for s in (0, 1))
+  assert len(out['skipped']) == 4
+  for arch in ablations.ARCH_LABELS:
+    for r in range(2):
+      with open(ablate.result_path(str(tmp_path), 5, f'{arch}_osam_embedding', r)) as f:
+        stored = json.load(f)
+      assert stored['reused_from'] == os.path.join('table4', f'{arch}_osam_cbl3', f'round_{r}.json')
+      assert stored['metrics'] == fake_metrics(f'{arch}_osam_cbl3', r)
+  # A run with other settings (here: epochs) shares nothing with them.
+  other = CountingRunner()
+  run_fake(4, tmp_path / 'other', 1, CountingRunner(), epochs=5)
+  run_fake(5, tmp_path / 'other', 1, other)
+  assert len(other.calls) == 4
+
+
+SMOKE_CACHE = os.path.join(ROOT, '.pytest_cache', 'jax_cache')
+
+
+def run_smoke_tables(numbers, workdir):
+  """`scripts/ablate.py --table N --smoke` for each N in turn, in fresh processes, as CI would."""
+  for number in numbers:
+    command = [sys.executable, os.path.join(ROOT, 'scripts', 'ablate.py'), '--table', str(number),
+               '--smoke', '--workdir', str(workdir), '--jax_cache', SMOKE_CACHE]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f'table {number}: ' + done.stderr[-3000:]
+
+
+def stored_round(workdir, number, row, r):
+  with open(ablate.result_path(str(workdir), number, row, r)) as f:
+    return json.load(f)
+
+
+def check_smoke_table(workdir, number):
+  """Every row is in the markdown and CSV, with finite metrics in [0, 100] from its own config."""
+  table = ablations.get_table(number)
+  rounds = 2 if table.compare else 1
+  rows = read_csv(workdir / f'table{number}.csv')
   assert [r['row'] for r in rows] == [r.name for r in table.rows]
-  md = (tmp_path / 'table5.md').read_text()
+  md = (workdir / f'table{number}.md').read_text()
   assert all(f'| {r.label} |' in md for r in table.rows)
-  for r in table.rows:
-    with open(ablate.result_path(str(tmp_path), 5, r.name, 0)) as f:
-      stored = json.load(f)
-    assert stored['metrics']['steps'] == ablate.SMOKE_STEPS
-    assert 0.0 <= stored['metrics']['accuracy'] <= 1.0
-    assert stored['config']['model']['arch'] == r.overrides[0].split('=')[1]
+  for csv_row in rows:
+    assert int(csv_row['rounds']) == rounds
+    assert all(0.0 <= float(csv_row[f'{m}_mean']) <= 100.0 for m in table.metrics)
+  for row in table.rows:
+    for r in range(rounds):
+      stored = stored_round(workdir, number, row.name, r)
+      assert stored['settings']['smoke'] and stored['settings']['seed'] == r
+      config = stored['config']
+      for override in row.overrides:   # the run used the row's configuration
+        key, value = override.split('=')
+        section, *rest = key.split('.')
+        node = config[section]
+        for part in rest:
+          node = node[part]
+        assert str(node) == value, (row.name, key)
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_smoke_classifier_tables(tmp_path):
+  run_smoke_tables((2, 4, 5), tmp_path)
+  for number in (2, 4, 5):
+    check_smoke_table(tmp_path, number)
+  for arch in ablations.ARCH_LABELS:
+    trained = stored_round(tmp_path, 2, f'{arch}_osam', 0)
+    assert trained['metrics']['steps'] == ablate.SMOKE_STEPS and 'reused_from' not in trained
+    # Rows shared between tables were trained once, in Table 2.
+    for number, row in ((4, f'{arch}_osam_cbl3'), (5, f'{arch}_osam_embedding')):
+      reused = stored_round(tmp_path, number, row, 0)
+      assert reused['reused_from'] == os.path.join('table2', f'{arch}_osam', 'round_0.json')
+      assert reused['metrics'] == trained['metrics']
   # The same command again trains nothing.
   runner = CountingRunner()
   out = ablate.run_table(5, workdir=str(tmp_path), smoke=True, log=lambda _: None,
                          runners={ablations.CLASSIFIER: runner, ablations.DETECTOR: runner})
-  assert runner.calls == [] and len(out['skipped']) == len(table.rows)
+  assert runner.calls == [] and len(out['skipped']) == len(ablations.get_table(5).rows)
 
 
 @pytest.mark.slow
-def test_smoke_detector_row(tmp_path):
-  out = ablate.main(['--table', '6', '--smoke', '--rows', 'osam_backbone', '--workdir', str(tmp_path),
-                     '--jax_cache', ''])
-  (entry,) = out['summary']
-  assert entry['row'] == 'osam_backbone' and entry['rounds'] == 1
-  assert all(0.0 <= entry[f'{m}_mean'] <= 100.0 for m in ('f1', 'map50', 'accuracy'))
+@pytest.mark.ci
+def test_smoke_detector_tables(tmp_path):
+  run_smoke_tables((1, 3, 6), tmp_path)
+  for number in (1, 3, 6):
+    check_smoke_table(tmp_path, number)
+  assert 'Welch t' in (tmp_path / 'table3.md').read_text()
+  # Table 3's first round and two of Table 6's rows are Table 1's runs; Table 3's second round is new.
+  for number, row, twin in ((3, 'yolov5s', 'yolov5s'), (3, 'yolo_osam', 'yolo_osam'),
+                            (6, 'fusion_no_attention', 'yolov5s_fusion'),
+                            (6, 'osam_backbone', 'yolo_osam')):
+    reused = stored_round(tmp_path, number, row, 0)
+    assert reused['reused_from'] == os.path.join('table1', twin, 'round_0.json'), (number, row)
+    assert reused['metrics'] == stored_round(tmp_path, 1, twin, 0)['metrics']
+  for row in ('yolov5s', 'yolo_osam'):
+    second = stored_round(tmp_path, 3, row, 1)
+    assert 'reused_from' not in second and second['config']['seed'] == 1
+  neck = stored_round(tmp_path, 6, 'osam_neck', 0)
+  assert 'reused_from' not in neck and neck['metrics']['epochs_completed'] == 1

@@ -62,7 +62,7 @@ def test_warmup_iterations_and_accumulation_follow_yolov5():
   assert optim.accumulate_steps(128, 64) == 1
   assert optim.scaled_weight_decay(5e-4, 32, 2, 64) == pytest.approx(5e-4)
   assert optim.scaled_weight_decay(5e-4, 16, 1, 64) == pytest.approx(1.25e-4)
-  # With accumulation 4, optimizer step k happens at iteration 4k + 3.
+  # With accumulation 4 (and no warmup ramp), optimizer step k happens at iteration 4k + 3.
   assert make_schedule(accumulate=4).iteration_of_update(0) == 3
   assert make_schedule(accumulate=4).iteration_of_update(5) == 23
 
@@ -240,9 +240,9 @@ def linear_loss_fn(params, batch_stats, batch, rng):
   return loss, (batch_stats, {'box': loss, 'obj': zero, 'cls': zero})
 
 
-def linear_setup(batch_size, nominal_batch, epochs=3, steps_per_epoch=4):
-  config = train_config(optimizer='sgd', lr0=0.01, epochs=epochs, warmup_epochs=0.0, warmup_min_iters=0,
-                        nominal_batch=nominal_batch, weight_decay=5e-4)
+def linear_setup(batch_size, nominal_batch, epochs=3, steps_per_epoch=4, warmup_epochs=0.0):
+  config = train_config(optimizer='sgd', lr0=0.01, epochs=epochs, warmup_epochs=warmup_epochs,
+                        warmup_min_iters=0, nominal_batch=nominal_batch, weight_decay=5e-4)
   rng = np.random.default_rng(3)
   params = {'layer_0': {'dense': {'kernel': jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
                                   'bias': jnp.zeros(2, jnp.float32)}}}
@@ -273,6 +273,54 @@ def test_accumulation_equals_one_big_batch():
   for a, b in zip(jax.tree_util.tree_leaves((state_acc.params, state_acc.ema_params)),
                   jax.tree_util.tree_leaves((state_big.params, state_big.ema_params))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def yolov5_step_iterations(total, nw, batch_size, nbs):
+  """The iterations at which yolov5's train loop calls optimizer.step(), its loop transcribed."""
+  accumulate = max(round(nbs / batch_size), 1)
+  last_opt_step, steps = -1, []
+  for ni in range(total):
+    if ni <= nw:
+      accumulate = max(1, np.interp(ni, [0, nw], [1, nbs / batch_size]).round())
+    if ni - last_opt_step >= accumulate:
+      steps.append(ni)
+      last_opt_step = ni
+  return steps
+
+
+def test_accumulation_ramps_up_during_warmup_by_hand():
+  # nw 10, nbs/bs = 4: accumulate(ni) = round(1 + 0.3 ni) = 1 1 2 2 2 2(2.5 rounds to even) 3 3 3 4 4.
+  assert optim.ramp_update_iterations(10, 16, 64) == (0, 1, 3, 5, 8, 12)
+  assert optim.ramp_update_iterations(0, 16, 64) == ()      # no warmup: nothing ramps
+  assert optim.ramp_update_iterations(10, 64, 64) == ()     # one mini-batch per step anyway
+
+
+@pytest.mark.parametrize('nw, batch_size, nbs', [(10, 16, 64), (37, 8, 64), (100, 32, 64), (1, 16, 64),
+                                                  (0, 16, 64), (6, 64, 64), (25, 24, 64)])
+def test_optimizer_steps_happen_where_yolov5_takes_them(nw, batch_size, nbs):
+  reference = yolov5_step_iterations(400, nw, batch_size, nbs)
+  schedule = make_schedule(warmup_iters=nw, accumulate=optim.accumulate_steps(batch_size, nbs),
+                           ramp=optim.ramp_update_iterations(nw, batch_size, nbs))
+  counts = range(len(reference))
+  assert [schedule.iteration_of_update(k) for k in counts] == reference
+  traced = jax.jit(schedule.iteration_of_update)(jnp.arange(len(reference)))
+  assert np.asarray(traced).tolist() == reference
+  gaps = np.diff([-1] + reference).tolist()
+  assert [int(jax.jit(schedule.accumulate_at)(jnp.int32(k))) for k in counts] == gaps
+  assert [schedule.updates_within(i) for i in range(400)] == [
+      sum(1 for r in reference if r < i) for i in range(400)]
+
+
+def test_train_step_follows_the_accumulation_ramp():
+  # batch 16, nominal 64, 10 mini-batches per epoch, warmup 1 epoch: nw = 10.
+  state, step = linear_setup(batch_size=16, nominal_batch=64, steps_per_epoch=10, warmup_epochs=1.0)
+  reference = yolov5_step_iterations(30, 10, 16, 64)
+  updated = []
+  for batch in linear_batches(30, 16):
+    state, metrics = step(state, batch)
+    updated.append(bool(metrics['updated']))
+  assert [ni for ni, u in enumerate(updated) if u] == reference
+  assert int(state.opt_state.gradient_step) == len(reference)
 
 
 def test_ema_follows_the_ramped_decay_after_each_update():

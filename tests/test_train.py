@@ -92,6 +92,12 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
   # Outputs a run promises.
   for name in ('config.json', 'results.csv', 'metrics.json', 'best/config.json', 'last/config.json'):
     assert os.path.exists(os.path.join(killed_dir, name)), name
+  # Checkpoints name their classes: prediction needs no dataset.
+  from yolo_osam_jax import checkpoint, predict  # pylint: disable=g-import-not-at-top
+  for name in ('best', 'last'):
+    saved = checkpoint.read_config_json(os.path.join(killed_dir, name), 'a model checkpoint')
+    assert list(saved.data.class_names) == CLASS_NAMES
+    assert predict.class_names_of(saved) == CLASS_NAMES
 
 
 @pytest.mark.slow

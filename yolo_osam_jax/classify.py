@@ -204,7 +204,7 @@ def train_and_evaluate(config, train_source: Sequence, eval_source: Sequence, *,
   metrics = evaluate(eval_step, state, eval_loader, num_classes)
   metrics['confusion'] = metrics['confusion'].tolist()
   metrics.update(train_loss=losses[-1], train_accuracy=accs[-1], steps=step,
-                 optimizer_steps=step // schedule.accumulate, epochs=step / steps_per_epoch,
+                 optimizer_steps=schedule.updates_within(step), epochs=step / steps_per_epoch,
                  num_params=num_params, train_seconds=train_seconds)
   log.info('classifier %s: accuracy %.4f, macro F1 %.4f after %d steps',
            classifiers.arch_of(config.model), metrics['accuracy'], metrics['f1'], step)

@@ -356,6 +356,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   if len(class_names) != int(config.model.num_classes):
     raise ValueError(f"config.model.num_classes = {config.model.num_classes} but the dataset has "
                      f"{len(class_names)} classes ({', '.join(class_names)})")
+  # Checkpoints carry the names, so prediction and export never need the dataset (predict.class_names_of).
+  with config.unlocked():
+    config.data.class_names = class_names
 
   # Data: each process reads its own shard of the training split.
   img_size = int(config.data.img_size)

@@ -12,14 +12,16 @@ mini-batches from 0, `nb` mini-batches per epoch, `nw` warmup iterations):
   * SGD is torch's SGD with Nesterov momentum and coupled (L2) weight decay; Adam is torch's Adam with
     β = (momentum, 0.999) and coupled weight decay; the momentum warmup only touches SGD (yolov5 sets
     `momentum` on the groups that have one, and Adam's groups have `betas`);
-  * gradients of `accumulate = max(round(nominal_batch / batch), 1)` mini-batches are summed (torch's
-    `backward()` adds into `.grad`) before one optimizer step, taken at ni = accumulate − 1,
-    2·accumulate − 1, …; yolov5 also ramps `accumulate` from 1 during warmup, which this port does not
-    (a fixed accumulation keeps the update count a closed-form function of the iteration);
+  * gradients of several mini-batches are summed (torch's `backward()` adds into `.grad`) before one
+    optimizer step, taken when ni − last_step ≥ accumulate; `accumulate = max(round(nbs / batch), 1)`
+    (nbs = nominal_batch), except that while ni ≤ nw it ramps up from 1:
+    max(1, round(interp(ni, [0, nw], [1, nbs / batch]))). So warmup takes more, smaller steps;
+    afterwards one step every `accumulate` mini-batches;
   * EMA of the weights and BatchNorm statistics after every optimizer step with decay
     0.9999 · (1 − exp(−updates / 2000)).
 The schedules below are functions of the optimizer-step count k (what optax passes them); the k-th step
-happens at iteration ni = (k + 1) · accumulate − 1.
+happens at iteration `Schedule.iteration_of_update(k)`: from a table while the ramp lasts (simulated
+with yolov5's rule in `ramp_update_iterations`), then every `accumulate` mini-batches.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # Parameter group labels (optax.multi_transform keys).
@@ -57,6 +60,28 @@ def warmup_iterations(warmup_epochs: float, steps_per_epoch: int, min_iters: int
   return max(int(round(warmup_epochs * steps_per_epoch)), int(min_iters))
 
 
+def ramp_update_iterations(warmup_iters: int, batch_size: int, nominal_batch: int) -> tuple[int, ...]:
+  """Iterations ni of yolov5's optimizer steps up to the first one after warmup (ni > nw).
+
+  yolov5's loop: `if ni <= nw: accumulate = max(1, np.interp(ni, [0, nw], [1, nbs / bs]).round())`,
+  then `if ni - last_opt_step >= accumulate: step; last_opt_step = ni` (last_opt_step starts at −1).
+  Past the returned table the steps come every `accumulate_steps(bs, nbs)` mini-batches. Empty when
+  there is nothing to ramp (no warmup, or one mini-batch per step anyway).
+  """
+  final = accumulate_steps(batch_size, nominal_batch)
+  if warmup_iters <= 0 or final == 1:
+    return ()
+  steps, last, accumulate, ni = [], -1, final, 0
+  while not steps or steps[-1] <= warmup_iters:
+    if ni <= warmup_iters:
+      accumulate = max(1, int(np.round(np.interp(ni, [0, warmup_iters], [1, nominal_batch / batch_size]))))
+    if ni - last >= accumulate:
+      steps.append(ni)
+      last = ni
+    ni += 1
+  return tuple(steps)
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   """lr and momentum per iteration, as yolov5 sets them (see the module docstring).
@@ -72,7 +97,8 @@ class Schedule:
   momentum: float
   warmup_momentum: float
   scheduler: str = 'linear'        # linear | cosine
-  accumulate: int = 1
+  accumulate: int = 1              # mini-batches per optimizer step after the warmup ramp
+  ramp: tuple[int, ...] = ()       # iterations of the first steps, while accumulate ramps (see above)
 
   def __post_init__(self):
     if self.scheduler not in ('linear', 'cosine'):
@@ -111,21 +137,40 @@ class Schedule:
     return jnp.where(in_warmup, ramp, self.momentum)
 
   def iteration_of_update(self, count):
-    """Mini-batch iteration at which optimizer step `count` (0-based) happens."""
-    return (count + 1) * self.accumulate - 1
+    """Mini-batch iteration at which optimizer step `count` (0-based) happens (count = −1 gives −1)."""
+    if not self.ramp:
+      return (count + 1) * self.accumulate - 1
+    n = len(self.ramp)
+    tail = self.ramp[-1] + (count - (n - 1)) * self.accumulate
+    if isinstance(count, int):
+      return -1 if count < 0 else self.ramp[count] if count < n else tail
+    table = jnp.asarray((-1,) + self.ramp)
+    return jnp.where(count < n, table[jnp.clip(count + 1, 0, n)], tail)
+
+  def accumulate_at(self, count):
+    """Mini-batches summed into optimizer step `count` (optax.MultiSteps' every_k_schedule)."""
+    return self.iteration_of_update(count) - self.iteration_of_update(count - 1)
+
+  def updates_within(self, iterations: int) -> int:
+    """Optimizer steps taken in the first `iterations` mini-batches."""
+    head = sum(1 for ni in self.ramp if ni < iterations)
+    start = self.ramp[-1] if self.ramp else -1
+    return head + max(iterations - 1 - start, 0) // self.accumulate
 
 
 def schedule_from_config(train_config, steps_per_epoch: int, batch_size: int) -> Schedule:
   """The Schedule of `config.train` for `steps_per_epoch` mini-batches of global size `batch_size`."""
-  accumulate = accumulate_steps(batch_size, int(train_config.nominal_batch))
+  nominal_batch = int(train_config.nominal_batch)
+  accumulate = accumulate_steps(batch_size, nominal_batch)
+  warmup_iters = warmup_iterations(float(train_config.warmup_epochs), steps_per_epoch,
+                                   int(train_config.warmup_min_iters))
   return Schedule(
       lr0=float(train_config.lr0), lrf=float(train_config.lrf), epochs=int(train_config.epochs),
       steps_per_epoch=int(steps_per_epoch),
-      warmup_iters=warmup_iterations(float(train_config.warmup_epochs), steps_per_epoch,
-                                     int(train_config.warmup_min_iters)),
+      warmup_iters=warmup_iters,
       warmup_bias_lr=float(train_config.warmup_bias_lr), momentum=float(train_config.momentum),
       warmup_momentum=float(train_config.warmup_momentum), scheduler=str(train_config.scheduler),
-      accumulate=accumulate)
+      accumulate=accumulate, ramp=ramp_update_iterations(warmup_iters, batch_size, nominal_batch))
 
 
 def scaled_weight_decay(weight_decay: float, batch_size: int, accumulate: int,
@@ -203,8 +248,8 @@ def _group_transform(name: str, group: str, schedule: Schedule, weight_decay: fl
 def build_optimizer(train_config, schedule: Schedule, labels, batch_size: int) -> optax.MultiSteps:
   """yolov5's optimizer for parameters labelled by `param_labels`.
 
-  Returns an `optax.MultiSteps` (gradients of `schedule.accumulate` mini-batches are summed, then one
-  step); `.has_updated(state)` says whether the last call stepped, `state.gradient_step` counts steps.
+  Returns an `optax.MultiSteps` (gradients of `schedule.accumulate_at(k)` mini-batches are summed into
+  step k); `.has_updated(state)` says whether the last call stepped, `state.gradient_step` counts steps.
   """
   weight_decay = scaled_weight_decay(float(train_config.weight_decay), batch_size, schedule.accumulate,
                                      int(train_config.nominal_batch))
@@ -217,7 +262,8 @@ def build_optimizer(train_config, schedule: Schedule, labels, batch_size: int) -
   if FROZEN in present:
     transforms[FROZEN] = optax.set_to_zero()
   inner = optax.multi_transform(transforms, labels)
-  return optax.MultiSteps(inner, every_k_schedule=schedule.accumulate, use_grad_mean=False)
+  every_k = schedule.accumulate if not schedule.ramp else schedule.accumulate_at
+  return optax.MultiSteps(inner, every_k_schedule=every_k, use_grad_mean=False)
 
 
 def ema_decay(updates, decay: float = 0.9999, tau: float = 2000.0):
