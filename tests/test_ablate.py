@@ -64,6 +64,13 @@ def test_rows_say_what_the_paper_compares():
                              num_classes=4)
   assert (config.train.lr0, config.train.epochs, config.seed, config.data.shuffle_seed) == (0.02, 7, 3, 3)
   assert config.model.num_classes == 4
+  # Another base config (--config): its recipe and data_dir stay unless the command line overrides them.
+  demo = ablate.row_config(t5.row('alexnet_osam_last'), dataset='synthetic_faces', builder_config='demo',
+                           data_dir='', smoke=False, overrides=[], epochs=None, seed=0, num_classes=7,
+                           base_config=os.path.join(ROOT, 'configs', 'demo.py'))
+  assert (demo.model.width, demo.train.optimizer, demo.data.data_dir) == (0.25, 'adam', 'runs/demo/data')
+  assert (demo.model.arch, demo.model.attention.where) == ('alexnet', 'last')
+  assert config.data.data_dir == '' and config.model.width == 0.5
 
 
 def fake_metrics(row, seed):
@@ -209,12 +216,15 @@ SMOKE_CACHE = os.path.join(ROOT, '.pytest_cache', 'jax_cache')
 
 
 def run_smoke_tables(numbers, workdir):
-  """`scripts/ablate.py --table N --smoke` for each N in turn, in fresh processes, as CI would."""
+  """`scripts/ablate.py --table N --smoke` for each N in turn, in fresh processes, as CI would; then
+  checks each table (check_smoke_table)."""
   for number in numbers:
     command = [sys.executable, os.path.join(ROOT, 'scripts', 'ablate.py'), '--table', str(number),
                '--smoke', '--workdir', str(workdir), '--jax_cache', SMOKE_CACHE]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f'table {number}: ' + done.stderr[-3000:]
+  for number in numbers:
+    check_smoke_table(workdir, number)
 
 
 def stored_round(workdir, number, row, r):
@@ -251,8 +261,6 @@ def check_smoke_table(workdir, number):
 @pytest.mark.ci
 def test_smoke_classifier_tables(tmp_path):
   run_smoke_tables((2, 4, 5), tmp_path)
-  for number in (2, 4, 5):
-    check_smoke_table(tmp_path, number)
   for arch in ablations.ARCH_LABELS:
     trained = stored_round(tmp_path, 2, f'{arch}_osam', 0)
     assert trained['metrics']['steps'] == ablate.SMOKE_STEPS and 'reused_from' not in trained
@@ -272,8 +280,6 @@ def test_smoke_classifier_tables(tmp_path):
 @pytest.mark.ci
 def test_smoke_detector_tables(tmp_path):
   run_smoke_tables((1, 3, 6), tmp_path)
-  for number in (1, 3, 6):
-    check_smoke_table(tmp_path, number)
   assert 'Welch t' in (tmp_path / 'table3.md').read_text()
   # Table 3's first round and two of Table 6's rows are Table 1's runs; Table 3's second round is new.
   for number, row, twin in ((3, 'yolov5s', 'yolov5s'), (3, 'yolo_osam', 'yolo_osam'),
