@@ -1,7 +1,8 @@
 """The paper's comparison tables as rows of config overrides (run them with scripts/ablate.py).
 
-Every row starts from `configs/base.py` (YOLO-OSAM as the paper describes it) and applies its overrides,
-written like command-line overrides (`model.attention.kind=osam`); nothing is a copied config file.
+Every row starts from a base config (`configs/base.py`, YOLO-OSAM as the paper describes it, unless
+`scripts/ablate.py --config` names another) and applies its overrides, written like command-line
+overrides (`model.attention.kind=osam`); nothing is a copied config file.
 Detector rows (`kind='detector'`) train through the detection trainer, classifier rows
 (`kind='classifier'`, `model.arch` cspdarknet_cls | alexnet) through yolo_osam_jax/classify.py.
 
