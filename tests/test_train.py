@@ -16,6 +16,7 @@ from conftest import ROOT, _demo_fixture_scene, synthetic_examples
 from configs import base
 from yolo_osam_jax import checkpoint, training
 from yolo_osam_jax.data import synthetic_faces
+from yolo_osam_jax.models import layers
 from yolo_osam_jax.training import loop
 from yolo_osam_jax.training import step as step_lib
 
@@ -188,12 +189,13 @@ def test_eight_fake_devices_match_one_device(tmp_path):
   # Same global batch (BatchNorm statistics over all 16 images on both): the same loss.
   for key in ('loss', 'box', 'obj', 'cls'):
     assert abs(eight[key] - one[key]) <= 1e-5, (key, eight[key], one[key])
-  # The updates agree closely but not bit-exactly: the gradient all-reduce and BatchNorm's backward
-  # sums run in a different order (measured: relative L2 difference ~1e-2 at initialisation, where
-  # BatchNorm's E[x²] − E[x]² variance loses digits; the loss gradient w.r.t. the raw outputs agrees
-  # exactly).
+  # The updates agree closely but not bit-exactly: the gradient all-reduce and BatchNorm's sums run in
+  # a different order. Measured relative L2 difference: 1.1e-2 with flax's fast BatchNorm variance
+  # E[x²] − E[x]² (models/layers.py BN_FAST_VARIANCE, the current default), whose cancellation
+  # amplifies the reordering; 1.1e-4 with the two-pass variance.
   a, b = np.asarray(eight['update']), np.asarray(one['update'])
-  assert np.linalg.norm(a - b) <= 3e-2 * np.linalg.norm(b)
+  bound = 3e-2 if layers.BN_FAST_VARIANCE else 1e-3
+  assert np.linalg.norm(a - b) <= bound * np.linalg.norm(b)
   assert np.linalg.norm(b) > 0
 
 

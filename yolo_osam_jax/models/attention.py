@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from yolo_osam_jax.models.layers import CBL, torch_conv_init, BN_EPS, BN_MOMENTUM
+from yolo_osam_jax.models.layers import CBL, torch_conv_init, BN_EPS, BN_FAST_VARIANCE, BN_MOMENTUM
 
 KINDS = ('none', 'sam', 'osam', 'cbam_osam', 'cbam_sam')
 GATES = ('softmax', 'sigmoid', 'reference')
@@ -89,7 +89,7 @@ class SAM(nn.Module):
     y = nn.Conv(1, (self.kernel, self.kernel), padding=((p, p), (p, p)), use_bias=False,
                 kernel_init=torch_conv_init, dtype=self.dtype, name='conv')(s)
     y = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
-                     dtype=self.dtype, name='bn')(y)
+                     use_fast_variance=BN_FAST_VARIANCE, dtype=self.dtype, name='bn')(y)
     return x * nn.sigmoid(y).astype(x.dtype)
 
 
