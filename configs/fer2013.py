@@ -5,20 +5,13 @@ recipe (SGD, lr 0.001, batch 32, 500 epochs with early stopping) at 64² as for 
 `csv` keeps the official Training / PublicTest / PrivateTest split; `csv_random` is the 70/10/20 one.
 """
 
-from configs import base
+from configs import rafdb_basic
 
 
 def get_config():
-  config = base.get_config()
+  config = rafdb_basic.get_config()
   config.name = 'fer2013'
-  config.model = base.model_config('s', 7)
   config.data.dataset = 'fer2013'
   config.data.builder_config = 'csv'
   config.data.img_size = 64
-  config.data.batch_size = 32
-  config.data.max_boxes = 4
-  config.train.optimizer = 'sgd'
-  config.train.lr0 = 0.001
-  config.train.epochs = 500
-  config.train.patience = 100
   return config

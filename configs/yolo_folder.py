@@ -8,18 +8,13 @@ Training recipe: the paper's RAF-DB one (SGD, lr 0.001, batch 32, 500 epochs, ea
 """
 
 from configs import base
+from configs import rafdb_basic
 
 
 def get_config():
-  config = base.get_config()
-  config.name = 'yolo_folder'
-  config.model = base.model_config('s', 7)     # set num_classes to the yaml's nc
+  config = rafdb_basic.get_config()
+  config.name = 'yolo_folder'                  # set model.num_classes to the yaml's nc
   config.data.dataset = 'yolo_folder'
   config.data.builder_config = ''              # the config name given to prepare_data.py
-  config.data.img_size = 128
-  config.data.batch_size = 32
-  config.train.optimizer = 'sgd'
-  config.train.lr0 = 0.001
-  config.train.epochs = 500
-  config.train.patience = 100
+  config.data.max_boxes = base.get_config().data.max_boxes  # several faces per image, unlike RAF-DB
   return config

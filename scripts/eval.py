@@ -21,6 +21,7 @@ import sys
 
 import _bootstrap  # noqa: F401
 
+from yolo_osam_jax import config_utils
 from yolo_osam_jax.evaluation import coco as coco_lib
 from yolo_osam_jax.evaluation import significance
 from yolo_osam_jax.evaluation import yolov5 as yolov5_lib
@@ -77,7 +78,7 @@ def evaluate_checkpoint(config_path: str, checkpoint_dir: str, split: str, out_d
   Writes metrics.json, the text table and the plots to `out_dir` (default <checkpoint>/eval_<split>).
   """
   # Heavy imports only in model mode: file mode stays light.
-  from yolo_osam_jax import checkpoint, config_utils, evaluation, models
+  from yolo_osam_jax import checkpoint, evaluation, models
   from yolo_osam_jax.data import pipeline
   from yolo_osam_jax.training import loop
 
@@ -125,9 +126,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--compare', nargs=2, metavar=('A', 'B'),
                       help='two JSON lists of per-round results: t-test and Welch test')
   parser.add_argument('--out', help='write the metrics JSON here (model mode: a folder)')
-  argv = sys.argv[1:] if argv is None else argv
-  overrides = [a for a in argv if a.startswith('--config.')]
-  args = parser.parse_args([a for a in argv if not a.startswith('--config.')])
+  rest, overrides = config_utils.split_config_args(sys.argv[1:] if argv is None else argv)
+  args = parser.parse_args(rest)
 
   try:
     if args.compare:

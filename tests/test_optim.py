@@ -143,26 +143,35 @@ def yolov5_lr(ni, group, nb, nw, epochs, lr0=0.01, lrf=0.01, bias_lr=0.1):
   return lr0 * lf
 
 
+def toy_optimizer(config, schedule, batch_size):
+  """(tx, its state, toy_params(), flat group labels, a float64 copy of the params for the reference)."""
+  params = toy_params()
+  labels = optim.param_labels(params)
+  tx = optim.build_optimizer(config, schedule, labels, batch_size=batch_size)
+  ref = {k: np.asarray(v, np.float64) for k, v in traverse_util.flatten_dict(params, sep='/').items()}
+  return tx, tx.init(params), params, optim.flat_labels(labels), ref
+
+
+def random_update(tx, state, params, rng):
+  """One tx.update with standard-normal gradients: (params, state, the gradients flattened by path)."""
+  grads_flat = {'/'.join(k): rng.normal(size=v.shape).astype(np.float32)
+                for k, v in traverse_util.flatten_dict(params).items()}
+  grads = traverse_util.unflatten_dict({tuple(k.split('/')): jnp.asarray(v) for k, v in grads_flat.items()})
+  updates, state = tx.update(grads, state, params)
+  return jax.tree_util.tree_map(lambda p, u: p + u, params, updates), state, grads_flat
+
+
 def test_sgd_matches_torch_nesterov_with_warmup_and_decay():
   nb, nw, epochs, wd = 4, 6, 5, 5e-4
   config = train_config(optimizer='sgd', lr0=0.01, epochs=epochs, warmup_epochs=1.5, warmup_min_iters=0,
                         weight_decay=wd, nominal_batch=64)
   schedule = optim.schedule_from_config(config, steps_per_epoch=nb, batch_size=64)
   assert schedule.warmup_iters == nw
-  params = toy_params()
-  labels = optim.param_labels(params)
-  tx = optim.build_optimizer(config, schedule, labels, batch_size=64)
-  state = tx.init(params)
-  flat_labels = optim.flat_labels(labels)
-  ref = {k: np.asarray(v, np.float64) for k, v in traverse_util.flatten_dict(params, sep='/').items()}
+  tx, state, params, flat_labels, ref = toy_optimizer(config, schedule, 64)
   buf = {k: None for k in ref}
   rng = np.random.default_rng(1)
   for ni in range(12):
-    grads_flat = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in ref.items()}
-    grads = traverse_util.unflatten_dict(
-        {tuple(k.split('/')): jnp.asarray(v) for k, v in grads_flat.items()})
-    updates, state = tx.update(grads, state, params)
-    params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+    params, state, grads_flat = random_update(tx, state, params, rng)
     momentum = np.interp(ni, [0, nw], [0.8, 0.937]) if ni <= nw else 0.937
     for k in ref:
       group = flat_labels[k]
@@ -178,21 +187,12 @@ def test_adam_matches_torch_adam_with_coupled_decay():
   config = train_config(optimizer='adam', lr0=lr0, epochs=epochs, warmup_epochs=0.0, warmup_min_iters=0,
                         weight_decay=wd, nominal_batch=16)
   schedule = optim.schedule_from_config(config, steps_per_epoch=nb, batch_size=16)
-  params = toy_params()
-  labels = optim.param_labels(params)
-  tx = optim.build_optimizer(config, schedule, labels, batch_size=16)
-  state = tx.init(params)
-  flat_labels = optim.flat_labels(labels)
-  ref = {k: np.asarray(v, np.float64) for k, v in traverse_util.flatten_dict(params, sep='/').items()}
+  tx, state, params, flat_labels, ref = toy_optimizer(config, schedule, 16)
   m = {k: np.zeros_like(v) for k, v in ref.items()}
   v2 = {k: np.zeros_like(v) for k, v in ref.items()}
   rng = np.random.default_rng(2)
   for ni in range(8):
-    grads_flat = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in ref.items()}
-    grads = traverse_util.unflatten_dict(
-        {tuple(k.split('/')): jnp.asarray(v) for k, v in grads_flat.items()})
-    updates, state = tx.update(grads, state, params)
-    params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+    params, state, grads_flat = random_update(tx, state, params, rng)
     lr = lr0 * ((1 - (ni // nb) / epochs) * 0.99 + 0.01)
     t = ni + 1
     for k in ref:

@@ -136,8 +136,10 @@ def run_train_benchmark(smoke: bool, img_size: int | None = None, batches=None, 
           'mask': rng.uniform(size=(b, m)) < 0.5,
       }
       batch = training.shard_batch(host_batch, mesh)
-      holder = {'state': jax.device_put(
-          training.create_train_state(variables, tx, jax.random.PRNGKey(0)), training.step.replicated(mesh))}
+      # replicate() copies through the host: the donating step must not delete `variables`, which the
+      # next batch size reuses.
+      holder = {'state': training.step.replicate(
+          training.create_train_state(variables, tx, jax.random.PRNGKey(0)), mesh)}
 
       def run():
         holder['state'], metrics = step(holder['state'], batch)

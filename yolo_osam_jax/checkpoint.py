@@ -44,14 +44,10 @@ def read_config_json(directory: str, what: str = 'a model checkpoint') -> ml_col
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_config(directory: str) -> ml_collections.ConfigDict:
-  return read_config_json(directory)
-
-
 def load_model(directory: str):
   """(config, variables) from a model checkpoint directory."""
   directory = os.path.abspath(directory)
-  config = load_config(directory)
+  config = read_config_json(directory)
   vdir = os.path.join(directory, VARIABLES_DIR)
   if not os.path.isdir(vdir):
     raise FileNotFoundError(f'{vdir}: not a model checkpoint (no {VARIABLES_DIR}/)')

@@ -367,8 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   train_loader = pipeline.make_detection_loader(
       sources['train'], config.data, train=True, seed=int(config.data.shuffle_seed),
       shard_index=shard_index, shard_count=shard_count)
-  per_process_batch = global_batch // shard_count
-  steps_per_epoch = (len(sources['train']) // shard_count) // per_process_batch
+  steps_per_epoch = steps_per_epoch_of(len(sources['train']), global_batch, shard_count)
   if steps_per_epoch < 1:
     raise ValueError(f"{len(sources['train'])} training images give no full batch of {global_batch}")
   if global_batch % mesh.devices.size:
