@@ -7,23 +7,19 @@ import ml_collections
 
 from yolo_osam_jax import losses
 
-# yolov5 width/depth multipliers.
-SIZE_PRESETS = {
-    'n': (0.25, 0.33),
-    's': (0.50, 0.33),
-    'm': (0.75, 0.67),
-    'l': (1.00, 1.00),
-    'x': (1.25, 1.33),
-}
-
-
 def model_config(size: str = 's', num_classes: int = 7) -> ml_collections.ConfigDict:
   """The published YOLO-OSAM at yolov5 size `size`."""
-  width, depth = SIZE_PRESETS[size]
   return ml_collections.ConfigDict({
+      # The network (models.DETECTORS / models.CLASSIFIERS): yolo_osam (yolov5 / YOLO-OSAM, the
+      # default) | yolov8 | yolo11 | cspdarknet_cls | alexnet.
+      'arch': 'yolo_osam',
       'num_classes': num_classes,
-      'width': width,
-      'depth': depth,
+      # n | s | m | l | x: the arch's published scale table (models.scale_of); s is the paper's.
+      'size': size,
+      # Overrides of the size's width/depth multiples and channel cap (None = the table's value).
+      'width': ml_collections.config_dict.placeholder(float),
+      'depth': ml_collections.config_dict.placeholder(float),
+      'max_channels': ml_collections.config_dict.placeholder(int),
       # 'reference' = the published topology (SPEC §2.1), 'fpn' = textbook P2, 'none' = plain yolov5.
       'fusion': 'reference',
       'attention': {

@@ -34,7 +34,7 @@ def test_every_row_builds_its_model(number):
       assert config.model.arch in classifiers.CLASSIFIER_ARCHS
       classifiers.build_classifier(config.model)
     else:
-      assert config.model.arch == 'yolo'
+      assert config.model.arch == 'yolo_osam'
       models.build(config.model)
 
 
@@ -70,7 +70,7 @@ def test_rows_say_what_the_paper_compares():
                            base_config=os.path.join(ROOT, 'configs', 'demo.py'))
   assert (demo.model.width, demo.train.optimizer, demo.data.data_dir) == (0.25, 'adam', 'runs/demo/data')
   assert (demo.model.arch, demo.model.attention.where) == ('alexnet', 'last')
-  assert config.data.data_dir == '' and config.model.width == 0.5
+  assert config.data.data_dir == '' and models.scale_of(config.model)[:2] == (0.5, 0.33)
 
 
 def fake_metrics(row, seed):

@@ -88,7 +88,7 @@ def expected_count(arch, kind, where, repeats, nc):
 
 def test_hand_count_of_backbone_matches_the_detector_layers():
   # A second, independent source for the backbone count: layers 0–9 of the yolov5s detector.
-  detector = model_config('yolo')
+  detector = model_config('yolo_osam')
   detector.fusion, detector.attention.where = 'none', 'none'
   shapes = param_shapes(models.build(detector), 64)
   assert sum(summary.count_params(shapes[f'layer_{i}']) for i in range(10)) == CSP_BACKBONE

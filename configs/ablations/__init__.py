@@ -31,7 +31,7 @@ CLASSIFIER_METRICS = ('accuracy', 'f1')
 METRIC_NAMES = {'f1': 'F1', 'map50': 'mAP50', 'map': 'mAP50-95', 'accuracy': 'Accuracy'}
 
 # Config fields rows may set that configs/base.py may not define yet (created on first use).
-NEW_FIELDS = {'model.arch': 'yolo'}
+NEW_FIELDS = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Table:
 
 def _detector(name, label, fusion, kind, where, gate='softmax', repeats=3) -> Row:
   return Row(name, label, DETECTOR, (
-      'model.arch=yolo', f'model.fusion={fusion}', f'model.attention.kind={kind}',
+      'model.arch=yolo_osam', f'model.fusion={fusion}', f'model.attention.kind={kind}',
       f'model.attention.where={where}', f'model.attention.gate={gate}',
       f'model.attention.cbl_repeats={repeats}'))
 

@@ -34,9 +34,8 @@ import numpy as np
 
 from yolo_osam_jax.models import attention as attention_lib
 from yolo_osam_jax.models import yolo
-from yolo_osam_jax.models.layers import C3, CBL, SPPF, torch_conv_init
+from yolo_osam_jax.models.layers import C3, CBL, SPPF, compute_dtype, torch_conv_init
 
-ARCHS = ('yolo', 'cspdarknet_cls', 'alexnet')
 CLASSIFIER_ARCHS = ('cspdarknet_cls', 'alexnet')
 PLACES = ('embedding', 'last')
 
@@ -48,13 +47,6 @@ ALEXNET_STAGES = (
 )
 ALEXNET_POOLED_SIDE = 4     # adaptive average pool output (side)
 ALEXNET_HIDDEN = 1024       # width of the two hidden FC layers
-
-
-def _dtype(name: str):
-  dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}.get(name)
-  if dtype is None:
-    raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}")
-  return dtype
 
 
 def backbone_table(model_config) -> tuple[yolo.LayerDef, ...]:
@@ -177,11 +169,8 @@ class AlexNet(nn.Module):
 
 
 def arch_of(model_config) -> str:
-  """`model.arch` ('yolo' when the config predates the key)."""
-  arch = model_config.get('arch', 'yolo')
-  if arch not in ARCHS:
-    raise ValueError(f"model.arch must be one of {ARCHS}, got {arch!r}")
-  return arch
+  from yolo_osam_jax import models  # pylint: disable=g-import-not-at-top (the registry imports us)
+  return models.arch_of(model_config)
 
 
 def validate(model_config) -> None:
@@ -209,7 +198,7 @@ def build_classifier(model_config) -> nn.Module:
   common = dict(num_classes=int(model_config.num_classes), attention_kind=att.kind,
                 where=att.where if att.kind != 'none' else 'embedding', gate=att.gate,
                 cbl_repeats=int(att.cbl_repeats), act=model_config.activation,
-                dtype=_dtype(model_config.dtype))
+                dtype=compute_dtype(model_config.dtype))
   if arch_of(model_config) == 'cspdarknet_cls':
     return CSPDarknetClassifier(layers=backbone_table(model_config), **common)
   return AlexNet(dropout=float(model_config.get('dropout', 0.5)), **common)

@@ -33,6 +33,16 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def compute_dtype(name: str):
+  """The jnp dtype of `model.dtype` (the compute dtype; parameters stay float32)."""
+  if name not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+  return DTYPES[name]
+
+
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
   if name not in ACTIVATIONS:
     raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")

@@ -20,9 +20,20 @@ import numpy as np
 
 from yolo_osam_jax.models import attention as attention_lib
 from yolo_osam_jax.models import heads
-from yolo_osam_jax.models.layers import (C3, CBL, SPPF, concat, torch_conv_init, upsample_nearest)
+from yolo_osam_jax.models.layers import (C3, CBL, SPPF, compute_dtype, concat, torch_conv_init,
+                                         upsample_nearest)
 
 INPUT = -1  # source index of the image
+
+# yolov5's scale table: size -> (width multiple, depth multiple, max_channels); `models.scale_of` reads
+# it. yolov5 has no channel cap (None); s is the paper's size.
+SCALES = {'yolo_osam': {
+    'n': (0.25, 0.33, None),
+    's': (0.50, 0.33, None),
+    'm': (0.75, 0.67, None),
+    'l': (1.00, 1.00, None),
+    'x': (1.25, 1.33, None),
+}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,11 +103,13 @@ class _TableBuilder:
 
 def layer_table(model_config) -> tuple[LayerDef, ...]:
   """The layer table of the configured network (yolov5 yaml base channels, scaled by width/depth)."""
+  from yolo_osam_jax import models  # pylint: disable=g-import-not-at-top (the registry imports us)
   attention_lib.validate(model_config.attention)
   fusion = model_config.fusion
   if fusion not in heads.DETECT_ORDER:
     raise ValueError(f"model.fusion must be one of {sorted(heads.DETECT_ORDER)}, got {fusion!r}")
-  t = _TableBuilder(model_config.width, model_config.depth, model_config.attention)
+  width, depth, _ = models.scale_of(model_config)
+  t = _TableBuilder(width, depth, model_config.attention)
   uses_p2 = fusion != 'none'
 
   # CSPDarknet53 backbone. Gates are side branches: the next stage reads the C3 output itself, the
@@ -235,11 +248,7 @@ class YOLO(nn.Module):
 
 
 def build(model_config) -> YOLO:
-  """The Flax module for `config.model` (see configs/base.py for the keys)."""
-  arch = model_config.get('arch', 'yolo')
-  if arch != 'yolo':
-    raise ValueError(f"model.arch={arch!r} is a classifier baseline: build it with "
-                     "models.classifiers.build_classifier and train it with yolo_osam_jax.classify")
+  """The yolov5 / YOLO-OSAM module for `config.model` (`models.build` dispatches here by arch)."""
   levels = heads.levels(model_config)
   anchors = tuple(tuple(tuple(float(v) for v in wh) for wh in lv.anchors) for lv in levels)
   if len({len(a) for a in anchors}) != 1:
@@ -247,10 +256,7 @@ def build(model_config) -> YOLO:
   nc = int(model_config.num_classes)
   if nc < 1:
     raise ValueError(f'model.num_classes must be ≥ 1, got {nc}')
-  dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}.get(
-      model_config.dtype)
-  if dtype is None:
-    raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {model_config.dtype!r}")
+  dtype = compute_dtype(model_config.dtype)
   att = model_config.attention
   return YOLO(layers=layer_table(model_config), num_classes=nc, anchors=anchors,
               act=model_config.activation, gate=att.gate, cbl_repeats=int(att.cbl_repeats),
