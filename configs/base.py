@@ -70,11 +70,15 @@ def get_config() -> ml_collections.ConfigDict:
           'hsv_s': 0.7,
           'hsv_v': 0.4,
           'mixup': 0.0,
+          'close_mosaic': 0,              # last n epochs without mosaic (yolov5: 0; YOLOv8/11: 10)
       },
   })
 
   # yolov5 hyp.scratch-low loss gains (box, cls, obj, cls_pw, obj_pw, anchor_t, label_smoothing).
   config.loss = ml_collections.ConfigDict(dict(losses.DEFAULT_HYP))
+  # The anchor-free family's task-aligned loss gains (tal_loss.py), read instead of config.loss when
+  # model.arch is yolov8 / yolo11 (losses.hyp_of): same key names, gains on another scale.
+  config.anchor_free_loss = ml_collections.ConfigDict({'box': 7.5, 'cls': 0.5, 'dfl': 1.5})
 
   config.train = ml_collections.ConfigDict({
       'optimizer': 'sgd',                 # sgd (Nesterov) | adam

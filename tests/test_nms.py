@@ -102,3 +102,44 @@ def test_index_points_at_the_source_prediction_row(multi_label):
       np.testing.assert_allclose(np.asarray(out.boxes[b, k]), [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2],
                                  rtol=1e-6)
       assert float(out.scores[b, k]) == pytest.approx(float(row[4] * row[5 + int(out.classes[b, k])]))
+
+
+def _anchor_free_reference(prediction, conf_thres, iou_thres):
+  """The anchor-free family's NMS written out on its own: a candidate is every (box, class) whose class
+  probability exceeds conf_thres (no objectness), score = that probability, greedy class-aware NMS."""
+  cands = []
+  for row in prediction:
+    cx, cy, w, h = row[:4]
+    for c, p in enumerate(row[4:]):
+      if p > conf_thres:
+        cands.append((p, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), c))
+  cands.sort(key=lambda t: -t[0])
+  kept = []
+  for p, box, c in cands:
+    if all(k[2] != c or _iou(box, k[1]) <= iou_thres for k in kept):
+      kept.append((p, box, c))
+  return (np.array([k[1] for k in kept], np.float32).reshape(-1, 4), np.array([k[0] for k in kept]),
+          np.array([k[2] for k in kept]))
+
+
+def _iou(a, b):
+  iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0)
+  ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0)
+  inter = iw * ih
+  return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_anchor_free_layout_gets_the_class_score_rule():
+  rng = np.random.default_rng(7)
+  with_obj = _random_predictions(rng, 2, 80, 3)
+  anchor_free = np.delete(with_obj, 4, axis=-1)  # [B, N, 4 + nc]: no objectness column
+  converted = nms.with_objectness(anchor_free, 3)
+  assert converted.shape == with_obj.shape
+  np.testing.assert_array_equal(converted[..., 4], 1.0)
+  np.testing.assert_array_equal(np.delete(converted, 4, axis=-1), anchor_free)
+  assert nms.with_objectness(with_obj, 3) is with_obj  # the anchor-based layout passes unchanged
+  out = nms.batched_nms(converted, conf_thres=0.3, iou_thres=0.5, max_det=300, multi_label=True)
+  for b in range(2):
+    _assert_same(out, b, _anchor_free_reference(anchor_free[b], 0.3, 0.5))
+  with pytest.raises(ValueError, match='expected 8 .* or 7'):
+    nms.with_objectness(np.zeros((1, 4, 9), np.float32), 3)

@@ -52,7 +52,7 @@ def export_onnx(variables, config, path: str, *, img_size: int | None = None, ba
   # jax2onnx stamps some intermediate shapes in NHWC order on NCHW tensors (onnxruntime then warns
   # "Error merging shape info"); intermediate value_info is optional, so leave shape inference to the runtime.
   del proto.graph.value_info[:]
-  strides = sorted(module.layers[s].stride for s in module.layers[-1].sources)
+  strides = list(module.strides)
   metadata = {'names': json.dumps(dict(enumerate(names))), 'stride': str(stride),
               'strides': json.dumps(strides), 'imgsz': json.dumps([img_size, img_size]),
               'batch': 'dynamic' if dynamic_batch else str(batch), 'layout': 'NHWC RGB float32 [0, 1]',

@@ -273,3 +273,37 @@ def yolo_loss(raw: Sequence[jax.Array], targets: Mapping[str, jax.Array], model_
   lbox, lobj, lcls = lbox * box_gain, lobj * obj_gain, lcls * cls_gain
   total = (lbox + lobj + lcls) * batch
   return total, {'box': lbox, 'obj': lobj, 'cls': lcls}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loss of each detector family, chosen by `model.arch`.
+
+# Components each family's loss reports (after gains, before the batch factor), in logging order.
+COMPONENTS = {'anchor_based': ('box', 'obj', 'cls'), 'anchor_free': ('box', 'cls', 'dfl')}
+
+
+def components(model_config) -> tuple[str, ...]:
+  """The names of the loss components `detection_loss` returns for this model."""
+  from yolo_osam_jax import models  # pylint: disable=g-import-not-at-top (models imports nothing of ours)
+  return COMPONENTS['anchor_free' if models.is_anchor_free(model_config) else 'anchor_based']
+
+
+def hyp_of(config):
+  """The loss hyperparameters of `config`'s model family: `config.loss` (yolov5's ComputeLoss) or
+  `config.anchor_free_loss` (the task-aligned loss of YOLOv8/YOLO11). The two sections share key names
+  (box, cls) with gains two orders of magnitude apart, so each family reads only its own."""
+  from yolo_osam_jax import models  # pylint: disable=g-import-not-at-top
+  if models.is_anchor_free(config.model):
+    return config.get('anchor_free_loss', None)
+  return config.get('loss', None)
+
+
+def detection_loss(raw: Sequence[jax.Array], targets: Mapping[str, jax.Array], model_config,
+                   img_size: int, hyp: Mapping[str, Any] | None = None):
+  """(total, components) of the model family's loss: `yolo_loss` for yolo_osam, the task-aligned
+  loss (tal_loss.py) for the anchor-free family. `hyp` is that family's section (`hyp_of`)."""
+  from yolo_osam_jax import models  # pylint: disable=g-import-not-at-top
+  if models.is_anchor_free(model_config):
+    from yolo_osam_jax import tal_loss  # pylint: disable=g-import-not-at-top
+    return tal_loss.anchor_free_loss(raw, targets, model_config, img_size, hyp)
+  return yolo_loss(raw, targets, model_config, img_size, hyp)

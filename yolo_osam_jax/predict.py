@@ -198,7 +198,7 @@ def _detect(variables, images, *, module, conf_thres: float, iou_thres: float, m
   global _traces
   _traces += 1
   predictions, _ = module.apply(variables, images.astype(jnp.float32) / 255.0, train=False)
-  predictions = predictions.astype(jnp.float32)
+  predictions = nms_lib.with_objectness(predictions.astype(jnp.float32), module.num_classes)
   if keep is not None:
     # yolov5 keeps a box when its best class is wanted, before NMS: zero the others' objectness.
     wanted = jnp.zeros((predictions.shape[-1] - 5,), bool).at[jnp.asarray(keep)].set(True)
@@ -212,7 +212,7 @@ def _detect(variables, images, *, module, conf_thres: float, iou_thres: float, m
 
 def max_stride_of(module) -> int:
   """The largest detection stride of a built model: input sides must be multiples of it."""
-  return max(module.layers[s].stride for s in module.layers[-1].sources)
+  return max(module.strides)
 
 
 def bucket_size(n: int, buckets: Sequence[int]) -> int:

@@ -42,6 +42,26 @@ class NmsOutput(NamedTuple):
   index: jax.Array    # [B, max_det] int32: the prediction row each detection came from (0 when invalid)
 
 
+def with_objectness(predictions, num_classes: int):
+  """Predictions in the layout NMS reads, [..., 5 + nc] (cx, cy, w, h, objectness, class probabilities).
+
+  The two detector families differ in one column: yolo_osam (yolov5) predicts an objectness, the
+  anchor-free family (YOLOv8, YOLO11) does not and returns [..., 4 + nc]. The width tells them apart
+  (nc is known). An anchor-free prediction gets objectness 1, so rule 1 below always passes and the
+  score objectness × class probability is the class probability: exactly that family's own NMS rule (a
+  candidate is a class score above conf_thres). Works on numpy and JAX arrays.
+  """
+  width = predictions.shape[-1]
+  if width == 5 + num_classes:
+    return predictions
+  if width != 4 + num_classes:
+    raise ValueError(f"predictions have {width} columns; expected {5 + num_classes} (with objectness) "
+                     f"or {4 + num_classes} (anchor-free) for {num_classes} classes")
+  xp = np if isinstance(predictions, np.ndarray) else jnp
+  ones = xp.ones(predictions.shape[:-1] + (1,), predictions.dtype)
+  return xp.concatenate([predictions[..., :4], ones, predictions[..., 4:]], axis=-1)
+
+
 def _candidates(prediction, conf_thres, multi_label):
   """One image's candidates: boxes [N*, 4] xyxy, scores [N*] (-inf = not a candidate), classes [N*],
   and the prediction row [N*] each candidate comes from."""

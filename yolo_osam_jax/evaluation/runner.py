@@ -86,9 +86,11 @@ def collect_batches(predict_fn: Callable, batches: Iterable[dict], eval_config, 
       if key not in batch:
         raise ValueError(f"eval batch {batch_number}: missing key {key!r}")
     predictions = np.asarray(predict_fn(batch))
-    if predictions.ndim != 3 or predictions.shape[-1] != 5 + num_classes:
+    if predictions.ndim != 3 or predictions.shape[-1] not in (4 + num_classes, 5 + num_classes):
       raise ValueError(f"eval batch {batch_number}: predictions have shape {predictions.shape}, "
-                       f"expected [B, N, {5 + num_classes}] for {num_classes} classes")
+                       f"expected [B, N, {5 + num_classes}] (with objectness) or [B, N, "
+                       f"{4 + num_classes}] (anchor-free) for {num_classes} classes")
+    predictions = nms_lib.with_objectness(predictions, num_classes)
     out = nms_lib.batched_nms(predictions, conf_thres=conf_thres, iou_thres=iou_thres,
                               max_det=max_det, multi_label=multi_label)
     out = [np.asarray(x) for x in out]
@@ -132,7 +134,8 @@ def collect_batches(predict_fn: Callable, batches: Iterable[dict], eval_config, 
 
 def evaluate_batches(predict_fn: Callable, batches: Iterable[dict], eval_config,
                      class_names) -> dict:
-  """predict_fn(batch) -> [B, N, 5 + nc] decoded predictions; `batches` as the data contract.
+  """predict_fn(batch) -> [B, N, 5 + nc] decoded predictions ([B, N, 4 + nc] from an anchor-free
+  model: see `nms.with_objectness`); `batches` as the data contract.
 
   Detections (after NMS with eval_config's conf_thres / iou_thres / max_det / multi_label) and the
   batch's ground truth are mapped back to original-image pixels with `letterbox` and clipped to

@@ -42,7 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from yolo_osam_jax import autoanchor, checkpoint, models
+from yolo_osam_jax import autoanchor, checkpoint, losses, models
 from yolo_osam_jax import evaluation
 from yolo_osam_jax.data import pipeline
 from yolo_osam_jax.training import optim
@@ -56,7 +56,6 @@ BEST_DIR = 'best'
 LAST_DIR = 'last'
 RESULTS_CSV = 'results.csv'
 METRICS_JSON = 'metrics.json'
-LOSS_KEYS = ('box', 'obj', 'cls', 'loss')
 
 
 class TrainingDiverged(RuntimeError):
@@ -249,9 +248,9 @@ class Evaluator:
 # The loop.
 
 
-def _new_progress() -> dict:
+def _new_progress(loss_keys: Sequence[str]) -> dict:
   return {'epoch': 0, 'step_in_epoch': 0, 'best_fitness': 0.0, 'best_epoch': -1, 'history': [],
-          'sums': {k: 0.0 for k in LOSS_KEYS}, 'good_steps': 0, 'train_seconds': 0.0,
+          'sums': {k: 0.0 for k in loss_keys}, 'good_steps': 0, 'train_seconds': 0.0,
           'anchor_report': None, 'stopped_early': False, 'total_bad_steps': 0}
 
 
@@ -384,7 +383,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       if config.model.get('anchors') is None and pretrained_config.model.get('anchors') is not None:
         with config.unlocked():
           config.model.anchors = pretrained_config.model.anchors
-    if bool(config.train.autoanchor):
+    if models.is_anchor_free(config.model):
+      log.info('AutoAnchor skipped: model.arch=%s has an anchor-free head', models.arch_of(config.model))
+    elif bool(config.train.autoanchor):
       anchor_report = run_autoanchor(config, sources['train'])
     if is_main:
       with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
@@ -413,14 +414,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   use_ema = bool(config.train.ema)
   train_step = step_lib.jit_train_step(
       step_lib.train_step_fn(
-          step_lib.make_detection_loss_fn(model, config.model, img_size, config.loss), tx,
+          step_lib.make_detection_loss_fn(model, config.model, img_size, losses.hyp_of(config)), tx,
           ema_decay=float(config.train.get('ema_decay', 0.9999)),
           ema_tau=float(config.train.get('ema_tau', 2000.0)), use_ema=use_ema),
       mesh)
 
   manager = _checkpoint_manager(workdir, int(config.train.get('keep_checkpoints', 2)))
   train_iter = iter(train_loader)
-  progress = _new_progress()
+  train_iter_has_mosaic = True
+  components = losses.components(config.model)
+  loss_keys = components + ('loss',)
+  progress = _new_progress(loss_keys)
   if resume:
     state, progress = _restore_checkpoint(manager, state, train_iter)
   else:
@@ -434,8 +438,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   patience = int(config.train.patience)
   val_every = max(int(config.train.get('val_every', 1)), 1)
 
+  # data.aug.close_mosaic = k: the last k epochs train without mosaic (the anchor-free family's recipe).
+  # A second loader without mosaic takes over the first one's sampler position, so the order of images
+  # (and exact resume) is unaffected by the switch.
+  close_mosaic = int(config.data.aug.get('close_mosaic', 0) or 0)
+  mosaic_off_from = epochs - close_mosaic if close_mosaic > 0 and float(config.data.aug.mosaic) > 0 else None
+
+  def continue_without_mosaic(iterator):
+    no_mosaic = config.data.copy_and_resolve_references()
+    no_mosaic.aug.mosaic = 0.0
+    loader = pipeline.make_detection_loader(
+        sources['train'], no_mosaic, train=True, seed=int(config.data.shuffle_seed),
+        shard_index=shard_index, shard_count=shard_count)
+    log.info('close_mosaic: mosaic off for the last %d epochs', close_mosaic)
+    continued = iter(loader)
+    continued.set_state(iterator.get_state())
+    return continued
+
   try:
     for epoch in range(int(progress['epoch']), epochs):
+      if mosaic_off_from is not None and epoch >= mosaic_off_from and train_iter_has_mosaic:
+        train_iter, train_iter_has_mosaic = continue_without_mosaic(train_iter), False
       first = int(progress['step_in_epoch'])
       bar = _progress_bar(steps_per_epoch, first, f'epoch {epoch + 1}/{epochs}', show_progress and is_main)
       epoch_start = time.perf_counter()
@@ -457,15 +480,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
                 f'nothing was saved from these steps, the last checkpoint in {manager.directory} is '
                 'intact. Lower train.lr0, check the data, or disable model.dtype bfloat16.')
         else:
-          for key in LOSS_KEYS:
+          for key in loss_keys:
             progress['sums'][key] += float(metrics[key])
           progress['good_steps'] += 1
         good = max(progress['good_steps'], 1)
-        bar.set_postfix({k: f"{progress['sums'][k] / good:.4f}" for k in ('box', 'obj', 'cls')}
+        bar.set_postfix({k: f"{progress['sums'][k] / good:.4f}" for k in components}
                         | {'img/s': f'{global_batch / max(seconds, 1e-9):.0f}'})
         bar.update(1)
         if global_step % log_every == 0:
-          writer.scalars({f'train/{k}': metrics[k] for k in LOSS_KEYS}
+          writer.scalars({f'train/{k}': metrics[k] for k in loss_keys}
                          | optim.current_hyperparams(schedule, global_step - 1), global_step)
         progress['step_in_epoch'] = i + 1
         if every and global_step % every == 0 and i + 1 < steps_per_epoch:
@@ -479,7 +502,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       ema_variables = _model_variables_for_save(state, use_ema)
       good = max(progress['good_steps'], 1)
       row = {'epoch': epoch + 1}
-      row.update({f'train/{k}': progress['sums'][k] / good for k in LOSS_KEYS})
+      row.update({f'train/{k}': progress['sums'][k] / good for k in loss_keys})
       validate = (epoch + 1) % val_every == 0 or epoch + 1 == epochs
       improved = stop = False
       if validate:
@@ -505,7 +528,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
           checkpoint.save_model(os.path.join(workdir, LAST_DIR), ema_variables, config)
         if improved:
           checkpoint.save_model(os.path.join(workdir, BEST_DIR), ema_variables, config)
-      progress.update(epoch=epoch + 1, step_in_epoch=0, sums={k: 0.0 for k in LOSS_KEYS}, good_steps=0,
+      progress.update(epoch=epoch + 1, step_in_epoch=0, sums={k: 0.0 for k in loss_keys}, good_steps=0,
                       stopped_early=bool(stop))
       if validate:  # with val_every = n, epoch-end checkpoints come every n epochs (saves are not free)
         _save_checkpoint(manager, state, train_iter, progress)

@@ -68,7 +68,9 @@ def create_train_state(variables: Mapping, tx: optax.GradientTransformation, rng
 
 
 def make_detection_loss_fn(model, model_config, img_size: int, hyp=None) -> Callable:
-  """loss_fn(params, batch_stats, batch, rng) -> (total, (new_batch_stats, {'box', 'obj', 'cls'})).
+  """loss_fn(params, batch_stats, batch, rng) -> (total, (new_batch_stats, components)).
+
+  The components are the model family's (`losses.components`: box/obj/cls or box/cls/dfl).
 
   `batch['image']` is uint8 [B, S, S, 3]; the network sees it as float in [0, 1].
   """
@@ -79,7 +81,7 @@ def make_detection_loss_fn(model, model_config, img_size: int, hyp=None) -> Call
     (_, raw), updates = model.apply({'params': params, 'batch_stats': batch_stats}, images, train=True,
                                     mutable=['batch_stats'])
     targets = {'boxes': batch['boxes'], 'classes': batch['classes'], 'mask': batch['mask']}
-    total, parts = losses.yolo_loss(raw, targets, model_config, img_size, hyp)
+    total, parts = losses.detection_loss(raw, targets, model_config, img_size, hyp)
     return total, (updates['batch_stats'], parts)
 
   return loss_fn
@@ -95,7 +97,8 @@ def train_step_fn(loss_fn: Callable, tx: optax.MultiSteps, ema_decay: float = 0.
                   ema_tau: float = 2000.0, use_ema: bool = True) -> Callable:
   """The un-jitted step: (state, batch) -> (state, metrics). See `jit_train_step` for the compiled one.
 
-  metrics: 'loss' (total = components · batch), 'box', 'obj', 'cls', 'finite' (this step was applied),
+  metrics: 'loss' (total = components · batch), the loss's components (e.g. 'box', 'obj', 'cls'),
+  'finite' (this step was applied),
   'updated' (an optimizer step happened), 'bad_steps', 'total_bad_steps', 'optimizer_steps'.
   """
 
@@ -129,7 +132,7 @@ def train_step_fn(loss_fn: Callable, tx: optax.MultiSteps, ema_decay: float = 0.
                             total_bad_steps=state.total_bad_steps + 1)
     new_state = jax.tree_util.tree_map(lambda a, s: jnp.where(finite, a, s), applied, skipped)
     metrics = {
-        'loss': loss, 'box': parts['box'], 'obj': parts['obj'], 'cls': parts['cls'],
+        'loss': loss, **parts,
         'finite': finite, 'updated': updated & finite, 'bad_steps': new_state.bad_steps,
         'total_bad_steps': new_state.total_bad_steps,
         'optimizer_steps': new_state.opt_state.gradient_step,
