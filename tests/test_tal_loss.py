@@ -68,7 +68,9 @@ def random_raw(rng, batch, img=IMG, strides=STRIDES, nc=NC, scale=1.0):
 # --------------------------------------------------------------------------------------------------
 # Parity with the ultralytics fixtures.
 
-def fixture_inputs(model):
+def fixture_inputs(model, padding_first=False):
+  """The fixture's raw maps (NHWC), its targets padded to PADDED_M rows (after the real rows, or before
+  them with `padding_first`), the reference loss.json and loss_assign.npz."""
   folder = require_fixture(os.path.join(FIX, model))
   raw = [np.load(os.path.join(folder, f'train_raw_L{i}.npy')).transpose(0, 2, 3, 1) for i in range(3)]
   with open(os.path.join(folder, 'loss.json')) as f:
@@ -82,7 +84,8 @@ def fixture_inputs(model):
   for b in range(batch):
     image_rows = rows[rows[:, 0] == b]
     count = len(image_rows)
-    boxes[b, :count], classes[b, :count], mask[b, :count] = image_rows[:, 2:], image_rows[:, 1], True
+    rows_at = slice(PADDED_M - count, None) if padding_first else slice(0, count)
+    boxes[b, rows_at], classes[b, rows_at], mask[b, rows_at] = image_rows[:, 2:], image_rows[:, 1], True
   targets = {'boxes': boxes, 'classes': classes, 'mask': mask}
   assignment = dict(np.load(os.path.join(folder, 'loss_assign.npz')))
   return raw, targets, reference, assignment
@@ -92,9 +95,10 @@ def rel_diff(got, want):
   return abs(float(got) - want) / abs(want)
 
 
+@pytest.mark.parametrize('padding_first', [False, True], ids=['padding_last', 'padding_first'])
 @pytest.mark.parametrize('model', MODELS)
-def test_loss_matches_ultralytics(model):
-  raw, targets, reference, _ = fixture_inputs(model)
+def test_loss_matches_ultralytics(model, padding_first):
+  raw, targets, reference, _ = fixture_inputs(model, padding_first)
   total, items = jit_loss()(raw, targets)
   batch = raw[0].shape[0]
   assert rel_diff(total, reference['total']) < 1e-5
@@ -231,8 +235,12 @@ def test_assigner_by_hand_overlap_decides_shared_anchors():
 def test_no_targets_is_bce_against_zeros():
   rng = np.random.default_rng(2)
   raw = random_raw(rng, 2)
-  targets = {'boxes': np.full((2, PADDED_M, 4), 0.5, np.float32),
-             'classes': np.zeros((2, PADDED_M), np.int32), 'mask': np.zeros((2, PADDED_M), bool)}
+  # Padding rows may hold anything, even NaN boxes and invalid classes.
+  boxes = np.full((2, PADDED_M, 4), 0.5, np.float32)
+  boxes[0, 0], boxes[1, 3] = np.nan, [0.5, 0.5, -1.0, 0.0]
+  classes = np.full((2, PADDED_M), NC, np.int32)
+  classes[:, 1] = -1
+  targets = {'boxes': boxes, 'classes': classes, 'mask': np.zeros((2, PADDED_M), bool)}
   total, items = jit_loss()(raw, targets)
   # Target-score sum 0 -> normaliser 1: cls = 0.5 · Σ BCE(x, 0) = 0.5 · Σ softplus(x); box = dfl = 0.
   cls_logits = np.concatenate([r[..., 4 * REG_MAX:].reshape(-1) for r in raw])
@@ -260,7 +268,7 @@ def test_finite_gradients_at_extreme_logits():
   raw[0][0] = 100.0                          # a level of one image where every logit is saturated
   raw[1][1, ..., :4 * REG_MAX] = -100.0      # and one where every box distribution is flat
   targets = {'boxes': np.array([[[0.5, 0.5, 0.4, 0.6], [0.1, 0.1, 0.03, 0.05]],
-                                [[0.7, 0.3, 0.2, 0.2], [0.5, 0.5, 0.9, 0.9]]], np.float32),
+                                [[0.7, 0.3, 0.2, 0.2], [np.nan] * 4]], np.float32),  # a NaN padding row
              'classes': np.array([[0, 3], [6, 1]], np.int32), 'mask': np.array([[True, True], [True, False]])}
   (total, items), grads = jit_loss(grad=True)(raw, targets)
   assert np.isfinite(float(total)) and all(np.isfinite(float(v)) for v in items.values())

@@ -185,6 +185,12 @@ def tal_assign(pd_scores: jax.Array, pd_bboxes: jax.Array, anchor_points: jax.Ar
   anchor positive for several targets keeps the one of largest overlap over all targets (first on ties);
   an anchor's score is max over targets of metric · (target's best positive overlap / (target's best
   positive metric + eps)) over its positives.
+
+  Ties: among equal metrics `lax.top_k` takes the lower anchor index first. The metric is exactly 0 only
+  for a candidate whose CIoU is ≤ 0 (or whose score underflows); when a target has fewer than k
+  non-zero candidates, which of its zero-metric candidates enter its top k is the tie order, which
+  PyTorch leaves unspecified. Such an anchor only changes fg_mask / target_gt_idx: its target score is 0,
+  so it adds nothing to any loss term (on the nc7 fixtures every positive has a non-zero metric).
   """
   pd_scores, pd_bboxes, gt_bboxes = (jax.lax.stop_gradient(x.astype(jnp.float32))
                                      for x in (pd_scores, pd_bboxes, gt_bboxes))
