@@ -189,8 +189,9 @@ def tal_assign(pd_scores: jax.Array, pd_bboxes: jax.Array, anchor_points: jax.Ar
   Ties: among equal metrics `lax.top_k` takes the lower anchor index first. The metric is exactly 0 only
   for a candidate whose CIoU is ≤ 0 (or whose score underflows); when a target has fewer than k
   non-zero candidates, which of its zero-metric candidates enter its top k is the tie order, which
-  PyTorch leaves unspecified. Such an anchor only changes fg_mask / target_gt_idx: its target score is 0,
-  so it adds nothing to any loss term (on the nc7 fixtures every positive has a non-zero metric).
+  PyTorch leaves unspecified. Such an anchor gets target score 0 from that target, so it adds nothing to
+  any loss term unless it is also another target's positive (then the overlap rule picks between them).
+  On the nc7 fixtures every positive has a non-zero metric.
   """
   pd_scores, pd_bboxes, gt_bboxes = (jax.lax.stop_gradient(x.astype(jnp.float32))
                                      for x in (pd_scores, pd_bboxes, gt_bboxes))
