@@ -152,7 +152,7 @@ def build_targets(boxes: jax.Array, classes: jax.Array, mask: jax.Array, grid_hw
   }
 
 
-def _check_targets(targets: Mapping[str, Any], num_classes: int) -> None:
+def check_targets(targets: Mapping[str, Any], num_classes: int) -> None:
   """Clear errors for bad targets; values are only checked when concrete (outside jit)."""
   for key in ('boxes', 'classes', 'mask'):
     if key not in targets:
@@ -206,7 +206,7 @@ def yolo_loss(raw: Sequence[jax.Array], targets: Mapping[str, jax.Array], model_
   if len(raw) != num_levels:
     raise ValueError(f"raw has {len(raw)} levels but the model config has {num_levels} "
                      f"(strides {[lv.stride for lv in level_defs]})")
-  _check_targets(targets, num_classes)
+  check_targets(targets, num_classes)
 
   if targets['boxes'].shape[0] != raw[0].shape[0]:
     raise ValueError(f"targets have batch {targets['boxes'].shape[0]} but raw has {raw[0].shape[0]}")
@@ -305,5 +305,6 @@ def detection_loss(raw: Sequence[jax.Array], targets: Mapping[str, jax.Array], m
   from yolo_osam_jax import models  # pylint: disable=g-import-not-at-top
   if models.is_anchor_free(model_config):
     from yolo_osam_jax import tal_loss  # pylint: disable=g-import-not-at-top
-    return tal_loss.anchor_free_loss(raw, targets, model_config, img_size, hyp)
+    strides = tuple(img_size // int(level.shape[1]) for level in raw)
+    return tal_loss.tal_loss(raw, targets, img_size, strides, hyp)
   return yolo_loss(raw, targets, model_config, img_size, hyp)

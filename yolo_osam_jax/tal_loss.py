@@ -277,7 +277,7 @@ def default_min_side(strides: Sequence[int]) -> float:
 
 def _assign(box_logits, cls_logits, points, point_strides, targets, img_size, strides, reg_max):
   num_classes = cls_logits.shape[-1]
-  losses._check_targets(targets, num_classes)  # pylint: disable=protected-access
+  losses.check_targets(targets, num_classes)
   if targets['boxes'].shape[0] != box_logits.shape[0]:
     raise ValueError(f"targets have batch {targets['boxes'].shape[0]} but raw has {box_logits.shape[0]}")
   labels, gt_boxes, mask = _gt_pixels(targets, img_size)

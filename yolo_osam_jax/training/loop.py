@@ -296,16 +296,19 @@ def _model_variables_for_save(state, use_ema: bool):
 
 
 def _summary(results: Mapping) -> dict[str, float]:
+  """The headline numbers of one evaluation, every detection metric from the one mode `eval.mode`
+  names (results['mode']): yolov5 mode gives precision, recall and F1 at its best-F1 confidence; COCO
+  has no single operating point, so coco mode gives its mean recall at 100 detections (mAR100) instead.
+  Face accuracy and its macro F1 (evaluation/accuracy.py) are the same in both modes."""
   metrics = results['metrics']
-  return {
-      'precision': float(metrics.get('precision', float('nan'))),
-      'recall': float(metrics.get('recall', float('nan'))),
-      'f1': float(results['yolov5']['f1']),
-      'mAP50': float(metrics['map50']),
-      'mAP50-95': float(metrics['map50_95']),
-      'accuracy': float(results['accuracy']['accuracy']),
-      'f1_macro': float(results['f1_macro']),
-  }
+  summary = {'mAP50': float(metrics['map50']), 'mAP50-95': float(metrics['map50_95'])}
+  if results['mode'] == 'coco':
+    summary['mAR100'] = float(metrics['mar_100'])
+  else:
+    summary.update(precision=float(metrics['precision']), recall=float(metrics['recall']),
+                   f1=float(metrics['f1']))
+  summary.update(accuracy=float(results['accuracy']['accuracy']), f1_macro=float(results['f1_macro']))
+  return summary
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None, *,
@@ -511,9 +514,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         fit = fitness(results['metrics'])
         row.update({f'val/{k}': v for k, v in summary.items()})
         row['fitness'] = fit
-        log.info('epoch %d/%d: val mAP50 %.4f mAP50-95 %.4f P %.3f R %.3f accuracy %.3f fitness %.4f',
-                 epoch + 1, epochs, summary['mAP50'], summary['mAP50-95'], summary['precision'],
-                 summary['recall'], summary['accuracy'], fit)
+        log.info('epoch %d/%d: validation (%s mode) %s, fitness %.4f', epoch + 1, epochs, results['mode'],
+                 ', '.join(f'{k} {v:.4f}' for k, v in summary.items()), fit)
         improved = fit >= progress['best_fitness']
         if improved:
           progress['best_fitness'], progress['best_epoch'] = fit, epoch
