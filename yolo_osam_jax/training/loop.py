@@ -11,6 +11,8 @@
   PR_curve.png, F1_curve.png, P_curve.png, R_curve.png, confusion_matrix.png,
   classification_confusion_matrix.png   the evaluator's plots for the test split
   test_metrics.txt       the evaluator's per-class table for the test split
+  labels.jpg, train_batch0-2.jpg, val_batch0_labels.jpg, val_batch0_pred.jpg, results.png
+                         pictures of the data and the run (visualize.py); a failure to draw only warns
 
 fitness = 0.1 · mAP50 + 0.9 · mAP50-95 (validation, eval.mode's numbers, EMA weights); early stopping after
 train.patience epochs without improvement (0 = never). Validation runs every train.val_every epochs (1 by
@@ -42,7 +44,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from yolo_osam_jax import autoanchor, checkpoint, losses, models
+from yolo_osam_jax import autoanchor, checkpoint, losses, models, visualize
 from yolo_osam_jax import evaluation
 from yolo_osam_jax.data import pipeline
 from yolo_osam_jax.training import optim
@@ -232,6 +234,11 @@ class Evaluator:
 
     self._predict = jax.jit(predict)
 
+  def predict(self, variables, images) -> np.ndarray:
+    """Raw predictions of one batch of uint8 images (val_batch0_pred.jpg)."""
+    variables = jax.device_put(step_lib.to_host(variables), self._device)
+    return np.asarray(self._predict(variables, jax.device_put(images, self._device)))
+
   def __call__(self, variables, source) -> dict:
     variables = jax.device_put(step_lib.to_host(variables), self._device)
     batch_size = int(min(self._config.eval.batch_size, len(source)))
@@ -361,6 +368,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   # Checkpoints carry the names, so prediction and export never need the dataset (predict.class_names_of).
   with config.unlocked():
     config.data.class_names = class_names
+  if is_main and not os.path.exists(os.path.join(workdir, 'labels.jpg')):
+    visualize.safely(visualize.save_labels, sources['train'], class_names, workdir)
 
   # Data: each process reads its own shard of the training split.
   img_size = int(config.data.img_size)
@@ -473,6 +482,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         seconds = time.perf_counter() - t0
         progress['train_seconds'] += seconds
         global_step = epoch * steps_per_epoch + i + 1
+        if is_main and global_step <= visualize.TRAIN_BATCH_PICTURES:
+          visualize.safely(visualize.save_train_batch, batch, class_names, workdir, global_step - 1)
         if not metrics['finite']:
           log.warning('step %d: loss or gradients are NaN/Inf; the update was skipped (%d in a row, %d '
                       'in total)', global_step, metrics['bad_steps'], metrics['total_bad_steps'])
@@ -551,6 +562,11 @@ def _finish(config, workdir, evaluator, sources, progress, is_main) -> dict:
   if not os.path.isdir(best_dir):
     best_dir = os.path.join(workdir, LAST_DIR)
   _, variables = checkpoint.load_model(best_dir)
+  if is_main:
+    visualize.safely(visualize.plot_results, os.path.join(workdir, RESULTS_CSV),
+                     os.path.join(workdir, 'results.png'))
+    visualize.safely(visualize.save_val_batch, sources['validation'], config, list(config.data.class_names),
+                     lambda images: evaluator.predict(variables, images), workdir)
   out = {
       'workdir': workdir,
       'best_epoch': int(progress['best_epoch']) + 1,
