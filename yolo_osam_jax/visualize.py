@@ -316,6 +316,7 @@ def plot_results(csv_path: str, path: str) -> str:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 
   series = read_results(csv_path)
   if not series:
@@ -328,6 +329,7 @@ def plot_results(csv_path: str, path: str) -> str:
     ax.set_title(key, fontsize=11)
     ax.set_xlabel('epoch', fontsize=8)
     ax.tick_params(labelsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
   for ax in axes[len(series):]:
     ax.axis('off')
   fig.tight_layout()
