@@ -26,30 +26,17 @@ import _bootstrap  # noqa: F401
 import cv2
 import numpy as np
 
-from yolo_osam_jax import config_utils
-
-# One colour per class (RGB), readable on the synthetic backgrounds.
-COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128))
+from yolo_osam_jax import config_utils, visualize
 
 
 def draw(image, gt_boxes, gt_classes, boxes, scores, classes, class_names, scale: int = 2):
   """The image enlarged `scale` times with ground truth (white) and predictions (class colour)."""
   canvas = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-  for (x1, y1, x2, y2), c in zip(gt_boxes, gt_classes):
-    cv2.rectangle(canvas, (int(x1 * scale), int(y1 * scale)), (int(x2 * scale), int(y2 * scale)),
-                  (255, 255, 255), 1)
-  for (x1, y1, x2, y2), s, c in zip(boxes, scores, classes):
-    colour = COLOURS[int(c) % len(COLOURS)]
-    p1, p2 = (int(x1 * scale), int(y1 * scale)), (int(x2 * scale), int(y2 * scale))
-    cv2.rectangle(canvas, p1, p2, colour, 2)
-    label = f'{class_names[int(c)][:5]} {s:.2f}'
-    (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
-    top = max(p1[1] - h - 4, 0)
-    cv2.rectangle(canvas, (p1[0], top), (p1[0] + w + 2, top + h + 4), colour, -1)
-    cv2.putText(canvas, label, (p1[0] + 1, top + h + 1), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
-                cv2.LINE_AA)
-  return canvas
+  canvas = visualize.annotate(canvas, np.asarray(gt_boxes, np.float64).reshape(-1, 4) * scale, gt_classes,
+                              class_names, colour=(255, 255, 255), line_width=1, show_labels=False)
+  # A small fixed font and 5-letter names: 16 tiles of 128 pixels leave little room for labels.
+  return visualize.annotate(canvas, np.asarray(boxes, np.float64).reshape(-1, 4) * scale, classes,
+                            class_names, scores, line_width=2, font_scale=0.4, name_length=5)
 
 
 def prediction_mosaic(checkpoint_dir: str, config, source, class_names, path: str, count: int = 16):

@@ -30,13 +30,11 @@ import numpy as np
 from tqdm import tqdm
 
 from yolo_osam_jax import predict as predict_lib
+from yolo_osam_jax import visualize
 
 VIDEO_EXTENSIONS = ('.asf', '.avi', '.gif', '.m4v', '.mkv', '.mov', '.mp4', '.mpeg', '.mpg', '.ts',
                     '.wmv', '.webm')
 SAVE_KINDS = ('images', 'json', 'csv', 'txt')
-# One BGR colour per class (cycled), chosen to stay readable on faces and on grey padding.
-PALETTE = ((56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207),
-           (10, 249, 72), (23, 204, 146), (134, 219, 61), (211, 188, 0), (209, 99, 0), (255, 115, 100))
 
 
 class Errors(list):
@@ -127,24 +125,15 @@ def next_run_dir(project: str) -> str:
 
 def annotate(image_bgr: np.ndarray, detections, line_width: int | None = None,
              show_conf: bool = True) -> np.ndarray:
-  """A copy of the image with each detection's box and 'expression confidence' label drawn."""
-  image = image_bgr.copy()
-  h, w = image.shape[:2]
-  lw = line_width or max(round((h + w) / 2 * 0.003), 2)
-  font_scale = lw / 3
-  thickness = max(lw - 1, 1)
-  for det in detections:
-    colour = PALETTE[det.class_id % len(PALETTE)]
-    x1, y1, x2, y2 = (int(round(v)) for v in det.box)
-    cv2.rectangle(image, (x1, y1), (x2, y2), colour, lw, cv2.LINE_AA)
-    label = f'{det.name} {det.confidence:.2f}' if show_conf else det.name
-    tw, th = cv2.getTextSize(label, 0, font_scale, thickness)[0]
-    above = y1 - th - 3 >= 0  # put the label above the box when it fits, else inside it
-    top = y1 - th - 3 if above else y1
-    left = max(0, min(x1, w - tw))  # keep the text inside the image
-    cv2.rectangle(image, (left, top), (left + tw, top + th + 3), colour, -1, cv2.LINE_AA)
-    cv2.putText(image, label, (left, top + th + 1), 0, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
-  return image
+  """A copy of the (BGR, as OpenCV reads and writes) image with each detection's box and 'expression
+  confidence' label drawn by visualize.annotate."""
+  boxes = [d.box for d in detections]
+  class_ids = [d.class_id for d in detections]
+  names = {d.class_id: d.name for d in detections}
+  confidences = [d.confidence for d in detections] if show_conf else None
+  drawn = visualize.annotate(image_bgr[..., ::-1], boxes, class_ids, names, confidences,
+                             line_width=line_width)
+  return np.ascontiguousarray(drawn[..., ::-1])
 
 
 class Writers:

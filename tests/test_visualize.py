@@ -89,6 +89,28 @@ def test_grid_layout_enlarges_small_and_shrinks_large_images():
   assert visualize.grid_layout(16, 640) == (4, 4, 480)  # 4 × 640 > 1920
 
 
+def test_predict_script_draws_with_annotate_in_bgr():
+  """scripts/predict.py keeps OpenCV's BGR frames: the box edge holds the palette colour reversed."""
+  import predict as predict_script  # scripts/predict.py
+  from yolo_osam_jax.predict import Detection
+  frame = np.zeros((100, 160, 3), np.uint8)
+  detection = Detection((30.0, 40.0, 120.0, 90.0), 3, CLASS_NAMES[3], 0.9, ())
+  out = predict_script.annotate(frame, [detection], line_width=2)
+  assert out[65, 30].tolist() == list(visualize.PALETTE[3])[::-1]
+  assert out[65, 120].tolist() == list(visualize.PALETTE[3])[::-1]
+  assert out[65, 75].tolist() == [0, 0, 0]
+
+
+def test_demo_draw_enlarges_with_white_truth_and_coloured_predictions():
+  import demo  # scripts/demo.py
+  image = np.zeros((64, 64, 3), np.uint8)
+  out = demo.draw(image, [[10, 20, 40, 50]], [1], [[12, 30, 44, 60]], [0.7], [6], CLASS_NAMES)
+  assert out.shape == (128, 128, 3)
+  assert out[70, 20].tolist() == [255, 255, 255]        # truth: left edge x = 10 × 2, 1 pixel wide
+  assert out[70, 22].tolist() == [0, 0, 0]
+  assert out[100, 24].tolist() == list(visualize.PALETTE[6])  # prediction: left edge x = 12 × 2
+
+
 # ---------------------------------------------------------------------------------------------------
 # The numbers behind labels.jpg and results.png.
 

@@ -57,6 +57,13 @@ def _text_colour(background) -> tuple[int, int, int]:
   return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
 
 
+def _name_of(class_names, class_id) -> str:
+  try:
+    return str(class_names[int(class_id)]) if int(class_id) >= 0 else str(int(class_id))
+  except (IndexError, KeyError):  # a class the names do not cover is shown by its number
+    return str(int(class_id))
+
+
 def annotate(image_rgb: np.ndarray, boxes_xyxy, class_ids, class_names: Sequence[str],
              confidences=None, *, line_width: int | None = None, font_scale: float | None = None,
              colour: tuple[int, int, int] | None = None, show_labels: bool = True,
@@ -65,7 +72,8 @@ def annotate(image_rgb: np.ndarray, boxes_xyxy, class_ids, class_names: Sequence
 
   Args:
     boxes_xyxy: [n, 4] pixel corners (x1, y1, x2, y2) of the image.
-    class_ids: [n] class of each box: its colour and its name class_names[class_id].
+    class_ids: [n] class of each box: its colour and its name class_names[class_id] (a sequence, or a
+      mapping from class id to name).
     confidences: [n] scores shown after the name ("Happiness 0.87"); None shows names only.
     line_width: box line width (default `default_line_width`); the label's font follows it.
     font_scale: OpenCV font scale of the label (default line_width / 3).
@@ -94,7 +102,7 @@ def annotate(image_rgb: np.ndarray, boxes_xyxy, class_ids, class_names: Sequence
     cv2.rectangle(image, (x1, y1), (x2, y2), box_colour, lw, cv2.LINE_8)
     if not show_labels:
       continue
-    name = class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
+    name = _name_of(class_names, c)
     name = name[:name_length] if name_length else name
     label = name if scores is None else f'{name} {scores[k]:.2f}'
     label_scale, label_thickness = scale, thickness
