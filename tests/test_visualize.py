@@ -150,6 +150,30 @@ def test_safely_warns_instead_of_raising(caplog):
   assert 'could not draw broken' in caplog.text
 
 
+def test_val_batch_pred_draws_anchor_free_detections_above_the_threshold(tmp_path):
+  """A stand-in model with the anchor-free layout [B, N, 4 + nc]: in every image one box of class 2 at
+  0.9 (drawn) and one of class 5 at 0.2 (below 0.25: not drawn), apart from each other."""
+  sources, config = tiny_sources(), tiny_config()
+  nc = len(CLASS_NAMES)
+
+  def predict_fn(images):
+    predictions = np.zeros((len(images), 2, 4 + nc), np.float32)
+    predictions[:, 0, :4] = (20, 20, 24, 24)      # cx, cy, w, h in pixels: x 8 … 32
+    predictions[:, 0, 4 + 2] = 0.9
+    predictions[:, 1, :4] = (50, 50, 10, 10)      # x 45 … 55
+    predictions[:, 1, 4 + 5] = 0.2
+    return predictions
+
+  visualize.save_val_batch(sources['validation'], config, CLASS_NAMES, predict_fn, str(tmp_path))
+  written = _decoded(str(tmp_path / 'val_batch0_pred.jpg'))[1].astype(np.float64)
+  labels = _decoded(str(tmp_path / 'val_batch0_labels.jpg'))[1]
+  assert written.shape == labels.shape == (768, 768, 3)       # 8 images: 3 × 3 tiles of 256
+  image = sources['validation'][0]['image'].astype(np.float64)  # 64², so letterboxing changes nothing
+  # Tile 0, ×4: the drawn box's left edge at x = 32, rows 32 … 128; the other box's at x = 180.
+  assert np.abs(written[100, 32] - visualize.PALETTE[2]).max() < 40
+  assert np.abs(written[200, 180] - image[50, 45]).max() < 40   # the image itself, no class-5 edge
+
+
 # ---------------------------------------------------------------------------------------------------
 # One tiny training run (16 images, batch 4, 2 epochs) shared by the tests below.
 
