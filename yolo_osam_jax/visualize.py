@@ -64,7 +64,7 @@ def _name_of(class_names, class_id) -> str:
     return str(int(class_id))
 
 
-def annotate(image_rgb: np.ndarray, boxes_xyxy, class_ids, class_names: Sequence[str],
+def annotate(image_rgb: np.ndarray, boxes_xyxy, class_ids, class_names: Sequence[str] | Mapping[int, str],
              confidences=None, *, line_width: int | None = None, font_scale: float | None = None,
              colour: tuple[int, int, int] | None = None, show_labels: bool = True,
              name_length: int | None = None) -> np.ndarray:
@@ -123,7 +123,8 @@ def annotate(image_rgb: np.ndarray, boxes_xyxy, class_ids, class_names: Sequence
 
 
 def write_jpeg(path: str, image_rgb: np.ndarray) -> str:
-  if not cv2.imwrite(path, np.ascontiguousarray(image_rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+  bgr = np.ascontiguousarray(image_rgb[..., ::-1])
+  if not cv2.imwrite(path, bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
     raise OSError(f'{path}: OpenCV could not write the image')
   return path
 
