@@ -164,6 +164,24 @@ def transfer_weights(variables, pretrained) -> tuple[dict, int, int]:
   return out, transferred, total
 
 
+def continue_without_mosaic(iterator, train_source, data_config, shard_index: int = 0,
+                            shard_count: int = 1):
+  """A training iterator without mosaic that goes on exactly where `iterator` stopped.
+
+  `data.aug.close_mosaic` switches mosaic off for the last epochs. The second loader has the same
+  sampler (same seed, same order of images and the same per-image random streams), so taking over the
+  first one's position keeps the run's image order — and exact resume — as if nothing had changed.
+  """
+  no_mosaic = data_config.copy_and_resolve_references()
+  no_mosaic.aug.mosaic = 0.0
+  loader = pipeline.make_detection_loader(train_source, no_mosaic, train=True,
+                                          seed=int(data_config.shuffle_seed), shard_index=shard_index,
+                                          shard_count=shard_count)
+  continued = iter(loader)
+  continued.set_state(iterator.get_state())
+  return continued
+
+
 # ---------------------------------------------------------------------------------------------------
 # Outputs.
 
@@ -447,21 +465,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   close_mosaic = int(config.data.aug.get('close_mosaic', 0) or 0)
   mosaic_off_from = epochs - close_mosaic if close_mosaic > 0 and float(config.data.aug.mosaic) > 0 else None
 
-  def continue_without_mosaic(iterator):
-    no_mosaic = config.data.copy_and_resolve_references()
-    no_mosaic.aug.mosaic = 0.0
-    loader = pipeline.make_detection_loader(
-        sources['train'], no_mosaic, train=True, seed=int(config.data.shuffle_seed),
-        shard_index=shard_index, shard_count=shard_count)
-    log.info('close_mosaic: mosaic off for the last %d epochs', close_mosaic)
-    continued = iter(loader)
-    continued.set_state(iterator.get_state())
-    return continued
-
   try:
     for epoch in range(int(progress['epoch']), epochs):
       if mosaic_off_from is not None and epoch >= mosaic_off_from and train_iter_has_mosaic:
-        train_iter, train_iter_has_mosaic = continue_without_mosaic(train_iter), False
+        log.info('close_mosaic: mosaic off for the last %d epochs', close_mosaic)
+        train_iter = continue_without_mosaic(train_iter, sources['train'], config.data, shard_index,
+                                             shard_count)
+        train_iter_has_mosaic = False
       first = int(progress['step_in_epoch'])
       bar = _progress_bar(steps_per_epoch, first, f'epoch {epoch + 1}/{epochs}', show_progress and is_main)
       epoch_start = time.perf_counter()
