@@ -119,8 +119,9 @@ def get_config() -> ml_collections.ConfigDict:
       'predict_conf_thres': 0.25,
       'predict_iou_thres': 0.45,
       'batch_size': 64,
-      # The paper's face accuracy (evaluation/accuracy.py): detections kept above this confidence.
-      'accuracy_conf_thres': 0.0,
+      # The paper's face accuracy (evaluation/accuracy.py, Eq. 9): only detections with a score of at
+      # least this take part; the paper counts predictions above 0.5.
+      'accuracy_conf_thres': 0.5,
       # yolov5's detection confusion matrix thresholds.
       'confusion_conf_thres': 0.25,
       'confusion_iou_thres': 0.45,
