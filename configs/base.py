@@ -93,7 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
       'warmup_min_iters': 100,
       'warmup_momentum': 0.8,
       'warmup_bias_lr': 0.1,
-      'patience': 100,                    # early stopping (epochs without better fitness; 0 = off)
+      'patience': 100,                    # early stopping (epochs without improvement; 0 = off)
+      # What picks best/ and stops early: 'fitness' (yolov5: 0.1·mAP50 + 0.9·mAP50-95) or 'val_loss'
+      # (the paper stops "when errors in the validation dataset increase": the validation loss).
+      'early_stopping': 'fitness',
       'val_every': 1,                     # validate every n epochs (and after the last)
       'ema': True,
       'ema_decay': 0.9999,                # yolov5 ModelEMA: decay · (1 − exp(−updates / ema_tau))
