@@ -48,7 +48,6 @@ def get_config() -> ml_collections.ConfigDict:
       'dataset': 'synthetic_faces',      # TFDS builder name
       'builder_config': 'demo',
       'data_dir': '',                     # '' = ~/tensorflow_datasets or $TFDS_DATA_DIR
-      'manual_dir': '',
       'train_split': 'train',
       'val_split': 'validation',
       'test_split': 'test',

@@ -28,9 +28,7 @@ compared to training); only process 0 writes files.
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import math
 import os
 import time
 from typing import Any, Mapping, Sequence
@@ -42,7 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from yolo_osam_jax import autoanchor, checkpoint, losses, models
+from yolo_osam_jax import autoanchor, checkpoint, io_utils, losses, models
 from yolo_osam_jax import evaluation
 from yolo_osam_jax.data import pipeline
 from yolo_osam_jax.training import optim
@@ -202,13 +200,6 @@ def _write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
       writer.writerow(row)
-  os.replace(tmp, path)
-
-
-def _write_json(path: str, data) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(data, f, indent=2)
   os.replace(tmp, path)
 
 
@@ -633,14 +624,10 @@ def _finish(config, workdir, evaluator, sources, progress, is_main) -> dict:
         f.write(table + '\n')
       evaluation.save_plots(results, workdir)
   if is_main:
-    _write_json(os.path.join(workdir, METRICS_JSON), out)
+    io_utils.write_json_atomic(os.path.join(workdir, METRICS_JSON), out)
   return out
 
 
 def steps_per_epoch_of(num_train: int, batch_size: int, shard_count: int = 1) -> int:
   """Mini-batches per epoch of a training split (the loader drops the remainder)."""
   return (num_train // shard_count) // (batch_size // shard_count)
-
-
-def epochs_for_steps(steps: int, num_train: int, batch_size: int) -> int:
-  return math.ceil(steps / max(steps_per_epoch_of(num_train, batch_size), 1))
