@@ -41,7 +41,7 @@ def test_every_row_builds_its_model(number):
       assert config.model.arch in classifiers.CLASSIFIER_ARCHS
       classifiers.build_classifier(config.model)
     else:
-      assert config.model.arch == 'yolo_osam'
+      assert config.model.arch in models.DETECTORS
       models.build(config.model)
 
 
@@ -49,6 +49,11 @@ def test_rows_say_what_the_paper_compares():
   t1 = ablations.get_table(1)
   yolov5s = config_of(t1, 'yolov5s').model
   assert (yolov5s.fusion, yolov5s.attention.kind) == ('none', 'none')
+  for name, arch in (('yolov8s', 'yolov8'), ('yolo11s', 'yolo11')):
+    config = config_of(t1, name)
+    assert (config.model.arch, config.model.size, config.model.activation) == (arch, 's', 'silu')
+    assert (config.train.lr0, config.train.warmup_bias_lr, config.data.aug.close_mosaic) == (0.01, 0.0, 10)
+    assert models.is_anchor_free(config.model)
   published = config_of(t1, 'yolo_osam_published').model
   assert (published.fusion, published.attention.kind, published.attention.gate) == (
       'reference', 'osam', 'reference')
@@ -85,7 +90,7 @@ def fake_metrics(row, seed):
   """Deterministic, row- and seed-dependent metrics (fractions)."""
   rng = np.random.default_rng([sum(map(ord, row)), seed])
   return {'f1': float(rng.uniform(0.4, 0.9)), 'map50': float(rng.uniform(0.4, 0.9)),
-          'accuracy': float(rng.uniform(0.4, 0.9))}
+          'accuracy': float(rng.uniform(0.4, 0.9)), 'best_epoch': int(rng.integers(1, 50))}
 
 
 class CountingRunner:
@@ -142,6 +147,10 @@ def test_table3_statistics_and_t_test_recomputed(tmp_path):
   f1 = values['yolo_osam']['f1']
   assert f'| {label} | {f1.mean():.2f} ± {f1.std(ddof=1):.2f} |' in md
   assert 'Welch t' in md
+  # The paper's "Opt. Epoch" column: the kept epoch, printed as a count (not in %), no t-test.
+  epochs = np.array([fake_metrics('yolo_osam', s)['best_epoch'] for s in range(10, 14)], float)
+  assert f'| {epochs.mean():.1f} ± {epochs.std(ddof=1):.1f} | 4 |' in md
+  assert '| Model | F1 | mAP50 | Accuracy | Opt. Epoch | Rounds |' in md
   assert out['tests'][0]['student']['t'] == pytest.approx(stats.ttest_ind(
       values['yolov5s']['f1'], values['yolo_osam']['f1']).statistic)
 

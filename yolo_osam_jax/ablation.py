@@ -34,10 +34,15 @@ from yolo_osam_jax import io_utils
 DETECTOR = 'detector'
 CLASSIFIER = 'classifier'
 
-# Metric keys as the runners report them (fractions in [0, 1]); tables print them in %.
-DETECTOR_METRICS = ('f1', 'map50', 'accuracy')
+# Metric keys as the runners report them: fractions in [0, 1], which tables print in %, except the
+# COUNT_METRICS, printed as they are. 'best_epoch' is the paper's "Opt. Epoch" (Table 1): the epoch
+# whose weights were kept (train.early_stopping's criterion). A metric a run cannot have (F1 under
+# eval.mode=coco, which has no operating point) is NaN and prints as n/a.
+DETECTOR_METRICS = ('f1', 'map50', 'accuracy', 'best_epoch')
 CLASSIFIER_METRICS = ('accuracy', 'f1')
-METRIC_NAMES = {'f1': 'F1', 'map50': 'mAP50', 'map': 'mAP50-95', 'accuracy': 'Accuracy'}
+METRIC_NAMES = {'f1': 'F1', 'map50': 'mAP50', 'map': 'mAP50-95', 'accuracy': 'Accuracy',
+                'best_epoch': 'Opt. Epoch'}
+COUNT_METRICS = ('best_epoch',)
 
 # Smoke runs: a tiny in-memory synthetic set, a few steps per row; their numbers mean nothing, they
 # check that every row runs.
@@ -160,9 +165,10 @@ def run_detector(config, sources: Mapping, workdir: str, max_steps: int | None) 
                                 'test': sources['eval']},
       class_names=sources['class_names'], show_progress=False)
   summary = out['test_summary']
-  return {'f1': summary['f1'], 'map50': summary['mAP50'], 'map': summary['mAP50-95'],
+  nan = float('nan')
+  return {'f1': summary.get('f1', nan), 'map50': summary['mAP50'], 'map': summary['mAP50-95'],
           'accuracy': summary['accuracy'], 'f1_macro': summary['f1_macro'],
-          'precision': summary['precision'], 'recall': summary['recall'],
+          'precision': summary.get('precision', nan), 'recall': summary.get('recall', nan),
           'best_epoch': out['best_epoch'], 'epochs_completed': out['epochs_completed'],
           'train_seconds': out['train_seconds']}
 
@@ -275,7 +281,8 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def summarize(table: Table, results: Mapping[str, list]) -> list[dict]:
-  """Per row: {'row', 'label', 'rounds', '<metric>': [values in %], '<metric>_mean', '<metric>_std'}."""
+  """Per row: {'row', 'label', 'rounds', '<metric>': [values in %, or counts], '<metric>_mean',
+  '<metric>_std'}."""
   summary = []
   for row in table.rows:
     if row.name not in results:
@@ -287,7 +294,7 @@ def summarize(table: Table, results: Mapping[str, list]) -> list[dict]:
         if metric not in metrics:
           raise KeyError(f"table {table.number} row {row.name!r} round {r}: the runner reported no "
                          f"{metric!r} (got {sorted(metrics)})")
-        values.append(100.0 * float(metrics[metric]))
+        values.append(float(metrics[metric]) * (1.0 if metric in COUNT_METRICS else 100.0))
       entry[metric] = values
       entry[f'{metric}_mean'], entry[f'{metric}_std'] = mean_std(values)
     summary.append(entry)
@@ -295,16 +302,19 @@ def summarize(table: Table, results: Mapping[str, list]) -> list[dict]:
 
 
 def t_tests(table: Table, summary: list[dict]) -> list[dict]:
-  """Table 3: per metric, evaluation.significance.compare_runs between the two compared rows."""
+  """Table 3: per metric (not the epoch counts), evaluation.significance.compare_runs between the two
+  compared rows."""
   from yolo_osam_jax.evaluation import significance  # pylint: disable=import-outside-toplevel
   by_row = {entry['row']: entry for entry in summary}
   a, b = (by_row[name] for name in table.compare)
   return [dict(metric=metric, **significance.compare_runs(a[metric], b[metric], a['row'], b['row']))
-          for metric in table.metrics]
+          for metric in table.metrics if metric not in COUNT_METRICS]
 
 
-def _cell(mean: float, std: float) -> str:
-  return f'{mean:.2f}' if math.isnan(std) else f'{mean:.2f} ± {std:.2f}'
+def _cell(mean: float, std: float, spec: str = '.2f') -> str:
+  if math.isnan(mean):
+    return 'n/a'
+  return format(mean, spec) if math.isnan(std) else f'{format(mean, spec)} ± {format(std, spec)}'
 
 
 def format_markdown(table: Table, summary: list[dict], tests: list[dict] | None,
@@ -314,7 +324,8 @@ def format_markdown(table: Table, summary: list[dict], tests: list[dict] | None,
            '| Model | ' + ' | '.join(names) + ' | Rounds |',
            '|---|' + '---:|' * len(names) + '---:|']
   for entry in summary:
-    cells = [_cell(entry[f'{m}_mean'], entry[f'{m}_std']) for m in table.metrics]
+    cells = [_cell(entry[f'{m}_mean'], entry[f'{m}_std'], '.1f' if m in COUNT_METRICS else '.2f')
+             for m in table.metrics]
     lines.append(f"| {entry['label']} | " + ' | '.join(cells) + f" | {entry['rounds']} |")
   if tests:
     a, b = table.compare
@@ -364,6 +375,7 @@ def write_tables(workdir: str, table: Table, summary: list[dict], tests: list[di
                          repr(t['student']['p']), repr(t['welch']['t']), repr(t['welch']['df']),
                          repr(t['welch']['p'])])
     paths.append(test_path)
+  return paths
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -450,7 +462,8 @@ def run_table(table: Table, settings: AblationSettings,
         write_result(path, {'settings': stored_settings, 'metrics': metrics, 'seconds': seconds,
                             'config': config.to_dict()})
         ran.append((row.name, r))
-        shown = ', '.join(f'{m} {100 * float(metrics[m]):.2f}' for m in table.metrics if m in metrics)
+        shown = ', '.join(f'{m} {float(metrics[m]) * (1 if m in COUNT_METRICS else 100):.2f}'
+                          for m in table.metrics if m in metrics)
         log(f'table {number} {row.name} round {r}: {shown} ({seconds:.1f} s)')
       results[row.name].append(metrics)
 
