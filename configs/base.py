@@ -48,7 +48,6 @@ def get_config() -> ml_collections.ConfigDict:
       'dataset': 'synthetic_faces',      # TFDS builder name
       'builder_config': 'demo',
       'data_dir': '',                     # '' = ~/tensorflow_datasets or $TFDS_DATA_DIR
-      'manual_dir': '',
       'train_split': 'train',
       'val_split': 'validation',
       'test_split': 'test',
@@ -93,7 +92,10 @@ def get_config() -> ml_collections.ConfigDict:
       'warmup_min_iters': 100,
       'warmup_momentum': 0.8,
       'warmup_bias_lr': 0.1,
-      'patience': 100,                    # early stopping (epochs without better fitness; 0 = off)
+      'patience': 100,                    # early stopping (epochs without improvement; 0 = off)
+      # What picks best/ and stops early: 'fitness' (yolov5: 0.1·mAP50 + 0.9·mAP50-95) or 'val_loss'
+      # (the paper stops "when errors in the validation dataset increase": the validation loss).
+      'early_stopping': 'fitness',
       'val_every': 1,                     # validate every n epochs (and after the last)
       'ema': True,
       'ema_decay': 0.9999,                # yolov5 ModelEMA: decay · (1 − exp(−updates / ema_tau))
@@ -119,8 +121,9 @@ def get_config() -> ml_collections.ConfigDict:
       'predict_conf_thres': 0.25,
       'predict_iou_thres': 0.45,
       'batch_size': 64,
-      # The paper's face accuracy (evaluation/accuracy.py): detections kept above this confidence.
-      'accuracy_conf_thres': 0.0,
+      # The paper's face accuracy (evaluation/accuracy.py, Eq. 9): only detections with a score of at
+      # least this take part; the paper counts predictions above 0.5.
+      'accuracy_conf_thres': 0.5,
       # yolov5's detection confusion matrix thresholds.
       'confusion_conf_thres': 0.25,
       'confusion_iou_thres': 0.45,

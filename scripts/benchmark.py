@@ -16,6 +16,7 @@ import sys
 
 import _bootstrap  # noqa: F401
 
+from configs import base
 from yolo_osam_jax import benchmarking
 
 SECTIONS = ('infer', 'train', 'data', 'eval')
@@ -25,16 +26,26 @@ COLUMNS = {
 }
 
 
+def model_variants():
+  """The two networks every model benchmark compares: plain yolov5s and the published YOLO-OSAM."""
+  osam = base.model_config('s', 7)
+  v5 = base.model_config('s', 7)
+  v5.fusion, v5.attention.kind, v5.attention.where = 'none', 'none', 'none'
+  return {'yolov5s': v5, 'yolo_osam': osam}
+
+
 def run_section(name: str, smoke: bool) -> list[dict]:
   if name == 'infer':
-    return benchmarking.run_infer_benchmark(smoke)
+    from yolo_osam_jax.benchmarking import models as model_bench
+    return model_bench.run_infer_benchmark(model_variants(), smoke)
   if name == 'train':
-    return benchmarking.run_train_benchmark(smoke)
+    from yolo_osam_jax.benchmarking import models as model_bench
+    return model_bench.run_train_benchmark(model_variants(), base.get_config().train, smoke)
   if name == 'data':
-    from yolo_osam_jax.data import bench_data
-    return [{'section': 'data', **r} for r in bench_data.run_data_benchmark(smoke)]
+    from yolo_osam_jax.benchmarking import data as data_bench
+    return [{'section': 'data', **r} for r in data_bench.run_data_benchmark(base.get_config().data, smoke)]
   if name == 'eval':
-    from yolo_osam_jax.evaluation import benchmark as eval_bench
+    from yolo_osam_jax.benchmarking import coco_eval as eval_bench
     return [{'section': 'eval', **r} for r in eval_bench.run_eval_benchmark(smoke)]
   raise ValueError(f'unknown section {name!r}; choose from {SECTIONS}')
 

@@ -13,6 +13,18 @@ if os.path.join(ROOT, 'scripts') not in sys.path:
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
 FIXTURES = os.path.join(SHARED, 'fixtures')
 
+
+def require_fixture(path: str) -> str:
+  """`path` (under FIXTURES) if it exists; otherwise skips the calling test, or fails it under CI
+  (CI=true), where a missing fixture means the checks it carries silently stopped running."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    message = f'shared fixture {path} not present'
+    if os.environ.get('CI') == 'true':
+      pytest.fail(message + ' (CI=true: fixture tests must run)', pytrace=False)
+    pytest.skip(message)
+  return path
+
 # Many tests compile the same networks at the same shapes (and xdist runs them in several processes):
 # a persistent compilation cache shared by the session's workers compiles each of them once.
 import jax as _jax  # noqa: E402

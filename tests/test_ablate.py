@@ -1,4 +1,5 @@
-"""scripts/ablate.py and configs/ablations: rows, resuming, table statistics, the smoke run."""
+"""yolo_osam_jax/ablation.py, scripts/ablate.py and configs/ablations: rows, resuming, table statistics,
+the smoke run."""
 
 import csv
 import json
@@ -12,16 +13,22 @@ from scipy import stats
 
 from conftest import ROOT
 from configs import ablations
+from configs import base
+from yolo_osam_jax import ablation
+from yolo_osam_jax import config_utils
 from yolo_osam_jax import models
 from yolo_osam_jax.models import classifiers
 
-sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-import ablate  # noqa: E402
+
+def settings_of(workdir='', **kw):
+  """Settings of a run from configs/base.py (what scripts/ablate.py runs without --config)."""
+  return ablation.AblationSettings(workdir=str(workdir), base_config='configs/base.py', **kw)
 
 
 def config_of(table, row, smoke=False):
-  return ablate.row_config(table.row(row), dataset='synthetic_faces', builder_config='demo', data_dir='',
-                           smoke=smoke, overrides=(), epochs=None, seed=0, num_classes=7)
+  return ablation.row_config(table.row(row), base.get_config(),
+                             settings_of(dataset='synthetic_faces', builder_config='demo', smoke=smoke),
+                             seed=0, num_classes=7)
 
 
 @pytest.mark.parametrize('number', sorted(ablations.TABLES))
@@ -34,7 +41,7 @@ def test_every_row_builds_its_model(number):
       assert config.model.arch in classifiers.CLASSIFIER_ARCHS
       classifiers.build_classifier(config.model)
     else:
-      assert config.model.arch == 'yolo_osam'
+      assert config.model.arch in models.DETECTORS
       models.build(config.model)
 
 
@@ -42,6 +49,11 @@ def test_rows_say_what_the_paper_compares():
   t1 = ablations.get_table(1)
   yolov5s = config_of(t1, 'yolov5s').model
   assert (yolov5s.fusion, yolov5s.attention.kind) == ('none', 'none')
+  for name, arch in (('yolov8s', 'yolov8'), ('yolo11s', 'yolo11')):
+    config = config_of(t1, name)
+    assert (config.model.arch, config.model.size, config.model.activation) == (arch, 's', 'silu')
+    assert (config.train.lr0, config.train.warmup_bias_lr, config.data.aug.close_mosaic) == (0.01, 0.0, 10)
+    assert models.is_anchor_free(config.model)
   published = config_of(t1, 'yolo_osam_published').model
   assert (published.fusion, published.attention.kind, published.attention.gate) == (
       'reference', 'osam', 'reference')
@@ -59,15 +71,16 @@ def test_rows_say_what_the_paper_compares():
   assert {config_of(t6, r.name).model.attention.where for r in t6.rows} == {'none', 'backbone', 'neck'}
   assert ablations.get_table(3).compare == ('yolov5s', 'yolo_osam')
   # Command-line style overrides and epochs/seed land in the row's config.
-  config = ablate.row_config(t5.row('alexnet_osam_last'), dataset='x', builder_config='', data_dir='',
-                             smoke=False, overrides=['--config.train.lr0=0.02'], epochs=7, seed=3,
-                             num_classes=4)
+  config = ablation.row_config(t5.row('alexnet_osam_last'), base.get_config(),
+                               settings_of(dataset='x', overrides=('--config.train.lr0=0.02',), epochs=7),
+                               seed=3, num_classes=4)
   assert (config.train.lr0, config.train.epochs, config.seed, config.data.shuffle_seed) == (0.02, 7, 3, 3)
   assert config.model.num_classes == 4
   # Another base config (--config): its recipe and data_dir stay unless the command line overrides them.
-  demo = ablate.row_config(t5.row('alexnet_osam_last'), dataset='synthetic_faces', builder_config='demo',
-                           data_dir='', smoke=False, overrides=[], epochs=None, seed=0, num_classes=7,
-                           base_config=os.path.join(ROOT, 'configs', 'demo.py'))
+  demo = ablation.row_config(t5.row('alexnet_osam_last'),
+                             config_utils.load_config(os.path.join(ROOT, 'configs', 'demo.py')),
+                             settings_of(dataset='synthetic_faces', builder_config='demo'), seed=0,
+                             num_classes=7)
   assert (demo.model.width, demo.train.optimizer, demo.data.data_dir) == (0.25, 'adam', 'runs/demo/data')
   assert (demo.model.arch, demo.model.attention.where) == ('alexnet', 'last')
   assert config.data.data_dir == '' and models.scale_of(config.model)[:2] == (0.5, 0.33)
@@ -77,7 +90,7 @@ def fake_metrics(row, seed):
   """Deterministic, row- and seed-dependent metrics (fractions)."""
   rng = np.random.default_rng([sum(map(ord, row)), seed])
   return {'f1': float(rng.uniform(0.4, 0.9)), 'map50': float(rng.uniform(0.4, 0.9)),
-          'accuracy': float(rng.uniform(0.4, 0.9))}
+          'accuracy': float(rng.uniform(0.4, 0.9)), 'best_epoch': int(rng.integers(1, 50))}
 
 
 class CountingRunner:
@@ -94,9 +107,10 @@ FAKE_SOURCES = {'train': [], 'validation': [], 'eval': [], 'class_names': ['a', 
 
 
 def run_fake(number, workdir, rounds, runner, **kw):
-  return ablate.run_table(number, workdir=str(workdir), rounds=rounds, sources=FAKE_SOURCES,
-                          runners={ablations.DETECTOR: runner, ablations.CLASSIFIER: runner},
-                          log=lambda _: None, **kw)
+  return ablation.run_table(ablations.get_table(number), settings_of(workdir, rounds=rounds, **kw),
+                            base.get_config, sources=FAKE_SOURCES,
+                            runners={ablations.DETECTOR: runner, ablations.CLASSIFIER: runner},
+                            log=lambda _: None)
 
 
 def read_csv(path):
@@ -133,6 +147,10 @@ def test_table3_statistics_and_t_test_recomputed(tmp_path):
   f1 = values['yolo_osam']['f1']
   assert f'| {label} | {f1.mean():.2f} ± {f1.std(ddof=1):.2f} |' in md
   assert 'Welch t' in md
+  # The paper's "Opt. Epoch" column: the kept epoch, printed as a count (not in %), no t-test.
+  epochs = np.array([fake_metrics('yolo_osam', s)['best_epoch'] for s in range(10, 14)], float)
+  assert f'| {epochs.mean():.1f} ± {epochs.std(ddof=1):.1f} | 4 |' in md
+  assert '| Model | F1 | mAP50 | Accuracy | Opt. Epoch | Rounds |' in md
   assert out['tests'][0]['student']['t'] == pytest.approx(stats.ttest_ind(
       values['yolov5s']['f1'], values['yolo_osam']['f1']).statistic)
 
@@ -145,7 +163,7 @@ def test_resume_skips_finished_rounds_and_refuses_other_settings(tmp_path):
   out = run_fake(5, tmp_path, 2, again)
   assert again.calls == [] and len(out['skipped']) == 8
   # One lost result: only that (row, round) runs again; a third round runs only the new rounds.
-  os.remove(ablate.result_path(str(tmp_path), 5, 'alexnet_osam_last', 1))
+  os.remove(ablation.result_path(str(tmp_path), 5, 'alexnet_osam_last', 1))
   partial = CountingRunner()
   run_fake(5, tmp_path, 3, partial)
   assert sorted(partial.calls) == sorted([('ablate_alexnet_osam_last', 1)] +
@@ -186,7 +204,7 @@ def test_detector_runner_maps_the_trainer_summary(monkeypatch):
 
   monkeypatch.setattr(training, 'train_and_evaluate', fake_train)
   sources = {'train': [1], 'validation': [2], 'eval': [3], 'class_names': ['a']}
-  metrics = ablate.run_detector(None, sources, '/tmp/x', None)
+  metrics = ablation.run_detector(None, sources, '/tmp/x', None)
   assert seen == {'workdir': '/tmp/x', 'roles': ['test', 'train', 'validation'], 'class_names': ['a']}
   assert (metrics['f1'], metrics['map50'], metrics['map'], metrics['accuracy']) == (0.7, 0.6, 0.3, 0.8)
 
@@ -201,7 +219,7 @@ def test_shared_rows_are_trained_once_per_workdir(tmp_path):
   assert len(out['skipped']) == 4
   for arch in ablations.ARCH_LABELS:
     for r in range(2):
-      with open(ablate.result_path(str(tmp_path), 5, f'{arch}_osam_embedding', r)) as f:
+      with open(ablation.result_path(str(tmp_path), 5, f'{arch}_osam_embedding', r)) as f:
         stored = json.load(f)
       assert stored['reused_from'] == os.path.join('table4', f'{arch}_osam_cbl3', f'round_{r}.json')
       assert stored['metrics'] == fake_metrics(f'{arch}_osam_cbl3', r)
@@ -228,7 +246,7 @@ def run_smoke_tables(numbers, workdir):
 
 
 def stored_round(workdir, number, row, r):
-  with open(ablate.result_path(str(workdir), number, row, r)) as f:
+  with open(ablation.result_path(str(workdir), number, row, r)) as f:
     return json.load(f)
 
 
@@ -263,7 +281,7 @@ def test_smoke_classifier_tables(tmp_path):
   run_smoke_tables((2, 4, 5), tmp_path)
   for arch in ablations.ARCH_LABELS:
     trained = stored_round(tmp_path, 2, f'{arch}_osam', 0)
-    assert trained['metrics']['steps'] == ablate.SMOKE_STEPS and 'reused_from' not in trained
+    assert trained['metrics']['steps'] == ablation.SMOKE_STEPS and 'reused_from' not in trained
     # Rows shared between tables were trained once, in Table 2.
     for number, row in ((4, f'{arch}_osam_cbl3'), (5, f'{arch}_osam_embedding')):
       reused = stored_round(tmp_path, number, row, 0)
@@ -271,8 +289,9 @@ def test_smoke_classifier_tables(tmp_path):
       assert reused['metrics'] == trained['metrics']
   # The same command again trains nothing.
   runner = CountingRunner()
-  out = ablate.run_table(5, workdir=str(tmp_path), smoke=True, log=lambda _: None,
-                         runners={ablations.CLASSIFIER: runner, ablations.DETECTOR: runner})
+  out = ablation.run_table(ablations.get_table(5), settings_of(tmp_path, smoke=True), base.get_config,
+                           log=lambda _: None,
+                           runners={ablations.CLASSIFIER: runner, ablations.DETECTOR: runner})
   assert runner.calls == [] and len(out['skipped']) == len(ablations.get_table(5).rows)
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from yolo_osam_jax.evaluation import accuracy, boxes as boxes_lib, confusion
+from yolo_osam_jax.evaluation import accuracy, boxes as boxes_lib, confusion, runner
 
 BG = 3  # background index for 3 classes
 
@@ -53,6 +53,17 @@ def test_accuracy_conf_threshold_drops_low_detections():
   result = accuracy.evaluate(gt, dt, conf_thres=0.5)
   assert result['accuracy'] == 0.25
   assert result['missed'] == 2
+  assert result['conf_thres'] == 0.5
+
+
+def test_paper_threshold_is_the_default_of_every_report():
+  # The paper's Eq. 9 counts predictions above a score of 0.5: configs and the runner default to it.
+  from configs import base  # pylint: disable=g-import-not-at-top
+  assert base.get_config().eval.accuracy_conf_thres == 0.5
+  gt, dt = _case()
+  results = runner.evaluate_detections(gt, dt)
+  assert results['accuracy']['accuracy'] == 0.25 and results['accuracy']['conf_thres'] == 0.5
+  assert 'score >= 0.5) 0.2500' in runner.format_table(results)
 
 
 def test_detection_confusion_yolov5_exact():

@@ -173,7 +173,7 @@ def test_bad_files_name_entry_and_field():
 
 def test_benchmark_smoke_agrees_with_both_references():
   pytest.importorskip('faster_coco_eval')
-  from yolo_osam_jax.evaluation import benchmark
+  from yolo_osam_jax.benchmarking import coco_eval as benchmark
   rows = benchmark.run_eval_benchmark(smoke=True)
   assert [r['name'] for r in rows] == ['ours (numpy)', 'pycocotools', 'faster-coco-eval']
   for row in rows:

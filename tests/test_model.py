@@ -166,6 +166,25 @@ def test_sigmoid_gate_and_sam_formulas():
                              rtol=1e-4, atol=1e-5)
 
 
+def test_cbam_channel_attention_formula():
+  # CBAM's channel attention (Woo et al. 2018, Eq. 2): M_c = σ(MLP(maxpool F) + MLP(avgpool F)), the MLP
+  # shared, W1 c → c/r with ReLU, W0 c/r → c; out = F ⊙ M_c. Independent numpy with the same weights.
+  x = jax.random.normal(jax.random.PRNGKey(4), (2, 3, 5, 32))
+  module = attention.ChannelAttention(reduction=16)
+  v = module.init(jax.random.PRNGKey(5), x)
+  p = jax.tree_util.tree_map(np.asarray, v['params'])
+  assert p['fc1']['kernel'].shape == (32, 2) and p['fc2']['kernel'].shape == (2, 32)
+
+  def mlp(vec):
+    hidden = np.maximum(vec @ p['fc1']['kernel'] + p['fc1']['bias'], 0)
+    return hidden @ p['fc2']['kernel'] + p['fc2']['bias']
+
+  xn = np.asarray(x, np.float64)
+  weights = 1 / (1 + np.exp(-(mlp(xn.max(axis=(1, 2))) + mlp(xn.mean(axis=(1, 2))))))
+  np.testing.assert_allclose(np.asarray(module.apply(v, x)), xn * weights[:, None, None, :], rtol=1e-5,
+                             atol=1e-6)
+
+
 def test_train_mode_updates_batch_stats():
   # The stem CBL (6×6, stride 2, padding 2) in training mode: batch statistics, running mean updated
   # with PyTorch momentum 0.03, i.e. 0.97·0 + 0.03·(batch mean of the conv output).

@@ -401,7 +401,7 @@ def test_classification_train_shapes_and_determinism():
 
 
 def test_bench_fake_source_is_valid_and_smoke_benchmark_counts_images():
-  from yolo_osam_jax.data import bench_data  # pylint: disable=g-import-not-at-top
+  from yolo_osam_jax.benchmarking import data as bench_data  # pylint: disable=g-import-not-at-top
   source = bench_data.fake_face_source(8)
   for i, example in enumerate(source):
     record = pipeline.decode_example(example, position=i)
@@ -409,8 +409,7 @@ def test_bench_fake_source_is_valid_and_smoke_benchmark_counts_images():
     assert 1 <= len(record['classes']) <= 4
     assert np.all(record['boxes'] >= 0) and np.all(record['boxes'][:, [0, 2]] <= w)
     assert np.all(record['boxes'][:, [1, 3]] <= h)
-  rows = bench_data.run_data_benchmark(smoke=True, img_size=64, batch_size=8,
-                                       data_config=data_config())
+  rows = bench_data.run_data_benchmark(data_config(), smoke=True, img_size=64, batch_size=8)
   assert [r['name'] for r in rows] == ['data/train_full_aug', 'data/eval_letterbox']
   for row in rows:
     assert row['images'] == row['batches'] * 8

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, require_fixture
 from yolo_osam_jax import checkpoint, convert
 
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
@@ -23,9 +23,8 @@ def test_model_info_prints_published_counts(capsys):
   assert capsys.readouterr().out.strip().splitlines()[-1].startswith('parameters: 7082920  gflops@128: 0.7')
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(FIXTURES, 'yolov5s_nc7')), reason='no fixtures')
 def test_convert_script_writes_loadable_checkpoint(tmp_path):
-  weights = os.path.join(FIXTURES, 'yolov5s_nc7', 'state_dict.npz')
+  weights = require_fixture(os.path.join(FIXTURES, 'yolov5s_nc7', 'state_dict.npz'))
   out = str(tmp_path / 'ckpt')
   convert_yolov5.main(['--weights', weights, '--config', os.path.join(ROOT, 'configs', 'yolov5s.py'),
                        '--out', out])

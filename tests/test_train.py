@@ -223,3 +223,31 @@ def test_overfit_tiny_set_reaches_map50_09(tmp_path):
   assert result['test_summary']['mAP50'] >= 0.9, result['test_summary']
   _, variables = checkpoint.load_model(os.path.join(result['workdir'], 'best'))
   assert 'params' in variables and 'batch_stats' in variables
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('criterion', ['fitness', 'val_loss'])
+def test_early_stopping_criteria_pick_best_and_stop(tmp_path, criterion):
+  """yolov5's criterion (highest fitness) and the paper's (lowest validation loss): best/ is the epoch
+  the criterion prefers in results.csv, and the run stops `patience` epochs after it."""
+  config = tiny_config(name=criterion, epochs=8)
+  config.train.patience = 2
+  config.train.early_stopping = criterion
+  config.train.lr0 = 0.05  # a noisy run, so the criterion's best epoch is not simply the last one
+  result = training.train_and_evaluate(config, str(tmp_path / criterion), sources=tiny_sources(),
+                                       class_names=CLASS_NAMES, show_progress=False)
+  history = result['history']
+  if criterion == 'val_loss':
+    values = [row['val/loss'] for row in history]
+    # Later epochs win ties (<=), as they do for fitness (>=).
+    best = max(i for i, v in enumerate(values) if v == min(values))
+    assert result['best_val_loss'] == pytest.approx(min(values))
+  else:
+    values = [row['fitness'] for row in history]
+    best = max(i for i, v in enumerate(values) if v == max(values))
+    assert 'val/loss' not in history[0]
+  assert result['best_epoch'] == best + 1
+  stopped = len(history) < 8
+  assert result['stopped_early'] == stopped
+  if stopped:
+    assert len(history) == best + 1 + 2

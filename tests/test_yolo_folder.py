@@ -52,7 +52,7 @@ def test_builds_the_expected_examples(ultralytics_folder, tmp_path):
   assert builder.builder_config.name == 'faces'  # default config name: the yaml's folder
   assert datasets.class_names('yolo_folder', data_dir, 'faces') == ['happy', 'sad']
 
-  train = datasets.data_source('yolo_folder', 'train', data_dir, 'faces')
+  train = builder.as_data_source('train')
   by_id = {train[i]['image_id'].decode(): train[i] for i in range(len(train))}
   assert sorted(by_id) == ['images/train/a.jpg', 'images/train/b.png', 'images/train/c.jpg']
   bbox, labels = common.decode_objects(by_id['images/train/a.jpg'])
@@ -65,7 +65,7 @@ def test_builds_the_expected_examples(ultralytics_folder, tmp_path):
   assert by_id['images/train/b.png']['image'].shape == (30, 30, 3)
   assert common.decode_objects(by_id['images/train/c.jpg'])[0].shape == (0, 4)
 
-  validation = datasets.data_source('yolo_folder', 'validation', data_dir, 'faces')
+  validation = builder.as_data_source('validation')
   assert len(validation) == 1 and validation[0]['image'].shape == (20, 24, 3)
   assert common.decode_objects(validation[0])[1].shape == (0,)
 

@@ -5,8 +5,9 @@ Every row starts from a base config (`configs/base.py`, YOLO-OSAM as the paper d
 overrides (`model.attention.kind=osam`); nothing is a copied config file.
 Detector rows (`kind='detector'`) train through the detection trainer, classifier rows
 (`kind='classifier'`, `model.arch` cspdarknet_cls | alexnet) through yolo_osam_jax/classify.py.
+This file is the tables' data only; `Row`, `Table` and the runner are yolo_osam_jax/ablation.py.
 
-  1  YOLO-OSAM against yolov5s and the detector baselines the repository has
+  1  YOLO-OSAM against yolov5s, YOLOv8, YOLO11 and the other detector baselines the repository has
   2  attention variants on the classifiers: none, SAM, OSAM, CBAM (channel + OSAM), CBAM (channel + SAM)
   3  YOLO-OSAM against yolov5s over N rounds, with a two-sample t-test
   4  OSAM's CBL repeats, 0–4, on the classifiers
@@ -16,46 +17,12 @@ Detector rows (`kind='detector'`) train through the detection trainer, classifie
 
 from __future__ import annotations
 
-import dataclasses
-
-import ml_collections
-
-from yolo_osam_jax import config_utils
-
-DETECTOR = 'detector'
-CLASSIFIER = 'classifier'
-
-# Metric keys as the runners report them (fractions in [0, 1]); tables print them in %.
-DETECTOR_METRICS = ('f1', 'map50', 'accuracy')
-CLASSIFIER_METRICS = ('accuracy', 'f1')
-METRIC_NAMES = {'f1': 'F1', 'map50': 'mAP50', 'map': 'mAP50-95', 'accuracy': 'Accuracy'}
-
-# Config fields rows may set that configs/base.py may not define yet (created on first use).
-NEW_FIELDS = {}
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-  name: str                      # identifier: results file names, --rows
-  label: str                     # what the table prints
-  kind: str                      # detector | classifier
-  overrides: tuple[str, ...]     # 'a.b=value', applied to base.get_config() in order
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-  number: int
-  title: str
-  rows: tuple[Row, ...]
-  metrics: tuple[str, ...]
-  default_rounds: int = 3
-  compare: tuple[str, str] | None = None   # (row, row) for the t-test (Table 3)
-
-  def row(self, name: str) -> Row:
-    for r in self.rows:
-      if r.name == name:
-        return r
-    raise KeyError(f"table {self.number} has no row {name!r}; rows: {[r.name for r in self.rows]}")
+from yolo_osam_jax.ablation import CLASSIFIER
+from yolo_osam_jax.ablation import CLASSIFIER_METRICS
+from yolo_osam_jax.ablation import DETECTOR
+from yolo_osam_jax.ablation import DETECTOR_METRICS
+from yolo_osam_jax.ablation import Row
+from yolo_osam_jax.ablation import Table
 
 
 # --- detector rows -------------------------------------------------------------------------------
@@ -70,7 +37,22 @@ def _detector(name, label, fusion, kind, where, gate='softmax', repeats=3) -> Ro
 YOLOV5S = _detector('yolov5s', 'yolov5s', 'none', 'none', 'none')
 YOLO_OSAM = _detector('yolo_osam', 'YOLO-OSAM (paper: softmax attention)', 'reference', 'osam',
                       'backbone')
+# The anchor-free family with its own recipe (configs/yolov8.py): SGD lr0 0.01, lrf 0.01, bias warmup
+# from 0.0, no mosaic in the last 10 epochs, task-aligned loss gains (config.anchor_free_loss). Size s:
+# the paper does not say which size it trained; s matches the yolov5s its YOLO-OSAM builds on.
+ANCHOR_FREE_RECIPE = ('model.fusion=none', 'model.attention.kind=none', 'model.attention.where=none',
+                      'model.activation=silu', 'train.optimizer=sgd', 'train.lr0=0.01', 'train.lrf=0.01',
+                      'train.warmup_bias_lr=0.0', 'data.aug.close_mosaic=10')
+
+
+def _anchor_free(arch, label, size='s') -> Row:
+  return Row(f'{arch}{size}', label, DETECTOR,
+             (f'model.arch={arch}', f'model.size={size}') + ANCHOR_FREE_RECIPE)
+
+
 DETECTOR_BASELINES = (
+    _anchor_free('yolov8', 'YOLOv8s (anchor-free)'),
+    _anchor_free('yolo11', 'YOLO11s (anchor-free)'),
     YOLOV5S,
     _detector('yolov5s_p2', 'yolov5s + P2 head (textbook FPN)', 'fpn', 'none', 'none'),
     _detector('yolov5s_cbam', 'yolov5s + CBAM (backbone)', 'none', 'cbam_sam', 'backbone'),
@@ -99,7 +81,7 @@ def _classifier(arch, kind, where='embedding', repeats=3, name=None, label=None)
 
 
 TABLES = {
-    1: Table(1, 'YOLO-OSAM against yolov5s and other detectors', DETECTOR_BASELINES, DETECTOR_METRICS),
+    1: Table(1, 'YOLO-OSAM against other detectors', DETECTOR_BASELINES, DETECTOR_METRICS),
     2: Table(2, 'Attention variants (classifiers, attention after every stage)', tuple(
         _classifier(arch, kind) for arch in ARCH_LABELS for kind in KIND_LABELS), CLASSIFIER_METRICS),
     3: Table(3, 'YOLO-OSAM against yolov5s over rounds, with a t-test', (YOLOV5S, YOLO_OSAM),
@@ -119,30 +101,9 @@ TABLES = {
     ), DETECTOR_METRICS),
 }
 
-# Applied on top of every row by `scripts/ablate.py --smoke`: a few steps on tiny images.
-SMOKE_OVERRIDES = (
-    'data.img_size=32', 'data.batch_size=4', 'data.num_workers=0',
-    'train.epochs=1', 'train.warmup_epochs=0.0', 'train.warmup_min_iters=0', 'train.nominal_batch=4',
-    'train.autoanchor=False', 'train.log_every=1', 'eval.batch_size=4',
-)
-
 
 def get_table(number: int) -> Table:
   if number not in TABLES:
     raise ValueError(f'no table {number}; tables: {sorted(TABLES)}')
   return TABLES[number]
 
-
-def apply(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
-  """Applies `overrides` to `config` in place (creating the NEW_FIELDS it lacks) and returns it."""
-  for item in overrides:
-    key = item.split('=', 1)[0]
-    if key in NEW_FIELDS:
-      *parents, leaf = key.split('.')
-      node = config
-      for p in parents:
-        node = node[p]
-      if leaf not in node:
-        node[leaf] = NEW_FIELDS[key]
-  config_utils.apply_overrides(config, overrides)
-  return config

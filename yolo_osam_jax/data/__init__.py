@@ -1,15 +1,19 @@
 """Dataset registry: builder modules are imported by name only when used.
 
 Importing a builder module registers its class with TFDS; doing it lazily keeps `import
-yolo_osam_jax.data` cheap and lets grain workers import only the builder they read.
+yolo_osam_jax.data` cheap and lets grain workers import only the builder they read. TFDS itself is
+imported inside the functions that use it: prediction imports `yolo_osam_jax.data.transforms`, which
+runs this file, and should start without TFDS's import time.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from typing import TYPE_CHECKING
 
-import tensorflow_datasets as tfds
+if TYPE_CHECKING:
+  import tensorflow_datasets as tfds
 
 # TFDS dataset name -> module that defines (and registers) its builder.
 BUILDERS = {
@@ -37,6 +41,7 @@ def _data_dir(data_dir: str | os.PathLike | None) -> str | None:
 def get_builder(name: str, data_dir: str | os.PathLike | None = None, config: str | None = None,
                 **kwargs) -> tfds.core.DatasetBuilder:
   """The builder of dataset `name` (config `config`); kwargs go to the builder's constructor."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import_builder(name)
   if config:
     kwargs['config'] = config
@@ -50,6 +55,7 @@ def build(name: str, data_dir: str | os.PathLike | None = None,
 
   `manual_dir` is the folder holding the files the user downloaded (the layout each builder documents).
   """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import_builder(name)
   if manual_dir and getattr(tfds.builder_cls(name), 'MANUAL_DIR_AT_INIT', False):
     # e.g. yolo_folder: its class names come from the data.yaml in manual_dir.
@@ -70,13 +76,3 @@ def class_names(name: str, data_dir: str | os.PathLike | None = None,
   builder = get_builder(name, data_dir=data_dir, config=config, **kwargs)
   return list(builder.info.features['objects']['label'].names)
 
-
-def data_source(name: str, split: str, data_dir: str | os.PathLike | None = None,
-                config: str | None = None):
-  """Random-access reader of a prepared split (`tfds.data_source`; no TensorFlow needed).
-
-  `source[i]` is a dict of numpy values; `common.decode_objects(source[i])` gives its boxes and labels.
-  """
-  import_builder(name)
-  full_name = f'{name}/{config}' if config else name
-  return tfds.data_source(full_name, split=split, data_dir=_data_dir(data_dir))

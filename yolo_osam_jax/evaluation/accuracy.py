@@ -4,7 +4,9 @@ Accuracy: every (non-crowd) ground-truth face is matched to *all* detections of 
 it is >= 0.5 (class-agnostic; IoU = intersection / (area_a + area_b - intersection), no epsilon). The face
 counts as correct when the highest-scoring of those detections carries the face's class (equal scores: the
 first in the image's score-sorted order); a face without any matched detection counts as wrong.
-Only detections with score >= `conf_thres` take part (0 by default: all detections given).
+Only detections with score >= `conf_thres` take part: the paper's Eq. 9 counts predictions above a
+score of 0.5, which is `config.eval.accuracy_conf_thres`'s default (this function's default, 0, takes
+every detection given).
 
 accuracy = correct faces / all faces.
 
@@ -73,6 +75,7 @@ def evaluate(gt: boxes_lib.GroundTruth, dt: boxes_lib.Detections, conf_thres: fl
   correct = int(np.sum(predicted == true_classes))
   return {
       'accuracy': correct / true_classes.size if true_classes.size else 0.0,
+      'conf_thres': float(conf_thres),
       'correct': correct,
       'faces': int(true_classes.size),
       'missed': int(np.sum(predicted < 0)),

@@ -37,7 +37,7 @@ def evaluate_detections(gt: boxes_lib.GroundTruth, dt: boxes_lib.Detections, eva
     raise ValueError(f"eval.mode must be one of {MODES}, got {mode!r}")
   coco = coco_lib.evaluate(gt, dt)['stats']
   yolo = yolov5_lib.evaluate(gt, dt)
-  acc = accuracy_lib.evaluate(gt, dt, conf_thres=_get(eval_config, 'accuracy_conf_thres', 0.0))
+  acc = accuracy_lib.evaluate(gt, dt, conf_thres=_get(eval_config, 'accuracy_conf_thres', 0.5))
   detection_cm = confusion_lib.detection_confusion(
       gt, dt, conf=_get(eval_config, 'confusion_conf_thres', 0.25),
       iou_thres=_get(eval_config, 'confusion_iou_thres', 0.45))
@@ -189,7 +189,8 @@ def format_table(results: dict) -> str:
   lines.append(f"mode {results['mode']}: " + ', '.join(
       f"{k} {v:.4f}" for k, v in results['metrics'].items() if isinstance(v, float)))
   lines.append('COCO: ' + ', '.join(f"{k} {coco[k]:.4f}" for k in coco_lib.STAT_KEYS))
-  lines.append(f"accuracy {results['accuracy']['accuracy']:.4f} "
+  lines.append(f"accuracy (detections with score >= {results['accuracy'].get('conf_thres', 0.0):g}) "
+               f"{results['accuracy']['accuracy']:.4f} "
                f"({results['accuracy']['correct']}/{results['accuracy']['faces']} faces, "
                f"{results['accuracy']['missed']} missed), macro F1 {results['f1_macro']:.4f}")
   return '\n'.join(lines)

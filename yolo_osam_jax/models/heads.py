@@ -87,7 +87,3 @@ def levels(model_config) -> tuple[Level, ...]:
       Level(stride=s, anchors=np.asarray(anchors[s], np.float32), balance=balance[order.index(s)],
             detect_index=order.index(s))
       for s in strides)
-
-
-def num_anchors(model_config) -> int:
-  return int(levels(model_config)[0].anchors.shape[0])

@@ -30,9 +30,7 @@ compared to training); only process 0 writes files.
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import math
 import os
 import time
 from typing import Any, Mapping, Sequence
@@ -44,7 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from yolo_osam_jax import autoanchor, checkpoint, losses, models, visualize
+from yolo_osam_jax import autoanchor, checkpoint, io_utils, losses, models, visualize
 from yolo_osam_jax import evaluation
 from yolo_osam_jax.data import pipeline
 from yolo_osam_jax.training import optim
@@ -53,6 +51,10 @@ from yolo_osam_jax.training import step as step_lib
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = checkpoint.CONFIG_FILE
+# train.early_stopping: which validation number picks best/ and stops the run after train.patience
+# epochs without improvement. 'fitness' = yolov5's 0.1·mAP50 + 0.9·mAP50-95 (higher is better);
+# 'val_loss' = the paper's "errors in the validation dataset" (the detection loss, lower is better).
+EARLY_STOPPING = ('fitness', 'val_loss')
 CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR = 'best'
 LAST_DIR = 'last'
@@ -166,6 +168,24 @@ def transfer_weights(variables, pretrained) -> tuple[dict, int, int]:
   return out, transferred, total
 
 
+def continue_without_mosaic(iterator, train_source, data_config, shard_index: int = 0,
+                            shard_count: int = 1):
+  """A training iterator without mosaic that goes on exactly where `iterator` stopped.
+
+  `data.aug.close_mosaic` switches mosaic off for the last epochs. The second loader has the same
+  sampler (same seed, same order of images and the same per-image random streams), so taking over the
+  first one's position keeps the run's image order — and exact resume — as if nothing had changed.
+  """
+  no_mosaic = data_config.copy_and_resolve_references()
+  no_mosaic.aug.mosaic = 0.0
+  loader = pipeline.make_detection_loader(train_source, no_mosaic, train=True,
+                                          seed=int(data_config.shuffle_seed), shard_index=shard_index,
+                                          shard_count=shard_count)
+  continued = iter(loader)
+  continued.set_state(iterator.get_state())
+  return continued
+
+
 # ---------------------------------------------------------------------------------------------------
 # Outputs.
 
@@ -182,13 +202,6 @@ def _write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
       writer.writerow(row)
-  os.replace(tmp, path)
-
-
-def _write_json(path: str, data) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(data, f, indent=2)
   os.replace(tmp, path)
 
 
@@ -222,9 +235,15 @@ def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
 
 
 class Evaluator:
-  """Runs `model` (EMA weights, inference mode) over a split and returns the evaluator's results."""
+  """Runs `model` (EMA weights, inference mode) over a split and returns the evaluator's results.
 
-  def __init__(self, model, config, class_names: Sequence[str]):
+  With `with_loss`, the results also hold 'loss': the detection loss of the split in inference mode
+  (BatchNorm running statistics), each component averaged over the split's images, and their sum as
+  'loss' (yolov5's reporting convention: after the gains, before the batch factor). Padding rows of
+  the last batch are left out, so the loss is that of the real images only.
+  """
+
+  def __init__(self, model, config, class_names: Sequence[str], with_loss: bool = False):
     self._config = config
     self._class_names = list(class_names)
     self._device = jax.local_devices()[0]
@@ -233,6 +252,15 @@ class Evaluator:
       return model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)[0]
 
     self._predict = jax.jit(predict)
+    self._loss = None
+    if with_loss:
+      img_size, hyp = int(config.data.img_size), losses.hyp_of(config)
+
+      def batch_loss(variables, images, targets):
+        _, raw = model.apply(variables, images.astype(jnp.float32) / 255.0, train=False)
+        return losses.detection_loss(raw, targets, config.model, img_size, hyp)[1]
+
+      self._loss = jax.jit(batch_loss)
 
   def predict(self, variables, images) -> np.ndarray:
     """Raw predictions of one batch of uint8 images (val_batch0_pred.jpg)."""
@@ -244,11 +272,27 @@ class Evaluator:
     batch_size = int(min(self._config.eval.batch_size, len(source)))
     loader = pipeline.make_detection_loader(source, self._config.data, train=False,
                                             batch_size=batch_size, num_workers=0)
+    loss_sums: dict[str, float] = {}
+    loss_images = 0
 
     def predict_fn(batch):
+      nonlocal loss_images
+      if self._loss is not None:
+        valid = np.asarray(batch['valid'], bool)
+        if valid.any():
+          targets = {k: np.asarray(batch[k])[valid] for k in ('boxes', 'classes', 'mask')}
+          parts = jax.device_get(self._loss(variables, np.asarray(batch['image'])[valid], targets))
+          count = int(valid.sum())
+          for key, value in parts.items():
+            loss_sums[key] = loss_sums.get(key, 0.0) + float(value) * count
+          loss_images += count
       return np.asarray(self._predict(variables, jax.device_put(batch['image'], self._device)))
 
-    return evaluation.evaluate_batches(predict_fn, loader, self._config.eval, self._class_names)
+    results = evaluation.evaluate_batches(predict_fn, loader, self._config.eval, self._class_names)
+    if self._loss is not None:
+      results['loss'] = {k: v / max(loss_images, 1) for k, v in loss_sums.items()}
+      results['loss']['loss'] = sum(results['loss'].values())
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -258,7 +302,7 @@ class Evaluator:
 def _new_progress(loss_keys: Sequence[str]) -> dict:
   return {'epoch': 0, 'step_in_epoch': 0, 'best_fitness': 0.0, 'best_epoch': -1, 'history': [],
           'sums': {k: 0.0 for k in loss_keys}, 'good_steps': 0, 'train_seconds': 0.0,
-          'anchor_report': None, 'stopped_early': False, 'total_bad_steps': 0}
+          'anchor_report': None, 'stopped_early': False, 'total_bad_steps': 0, 'best_val_loss': None}
 
 
 def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -442,7 +486,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   else:
     progress['anchor_report'] = anchor_report
 
-  evaluator = Evaluator(model, config, class_names)
+  early_stopping = str(config.train.get('early_stopping', 'fitness'))
+  if early_stopping not in EARLY_STOPPING:
+    raise ValueError(f"train.early_stopping must be one of {', '.join(EARLY_STOPPING)}, got "
+                     f"{early_stopping!r}")
+  stop_on_loss = early_stopping == 'val_loss'
+  evaluator = Evaluator(model, config, class_names, with_loss=stop_on_loss)
   writer = _Writer(os.path.join(workdir, 'tensorboard') if is_main else None)
   max_bad = int(config.train.max_bad_steps)
   every = int(config.train.get('checkpoint_every_steps', 0) or 0)
@@ -456,21 +505,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   close_mosaic = int(config.data.aug.get('close_mosaic', 0) or 0)
   mosaic_off_from = epochs - close_mosaic if close_mosaic > 0 and float(config.data.aug.mosaic) > 0 else None
 
-  def continue_without_mosaic(iterator):
-    no_mosaic = config.data.copy_and_resolve_references()
-    no_mosaic.aug.mosaic = 0.0
-    loader = pipeline.make_detection_loader(
-        sources['train'], no_mosaic, train=True, seed=int(config.data.shuffle_seed),
-        shard_index=shard_index, shard_count=shard_count)
-    log.info('close_mosaic: mosaic off for the last %d epochs', close_mosaic)
-    continued = iter(loader)
-    continued.set_state(iterator.get_state())
-    return continued
-
   try:
     for epoch in range(int(progress['epoch']), epochs):
       if mosaic_off_from is not None and epoch >= mosaic_off_from and train_iter_has_mosaic:
-        train_iter, train_iter_has_mosaic = continue_without_mosaic(train_iter), False
+        log.info('close_mosaic: mosaic off for the last %d epochs', close_mosaic)
+        train_iter = continue_without_mosaic(train_iter, sources['train'], config.data, shard_index,
+                                             shard_count)
+        train_iter_has_mosaic = False
       first = int(progress['step_in_epoch'])
       bar = _progress_bar(steps_per_epoch, first, f'epoch {epoch + 1}/{epochs}', show_progress and is_main)
       epoch_start = time.perf_counter()
@@ -527,7 +568,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         row['fitness'] = fit
         log.info('epoch %d/%d: validation (%s mode) %s, fitness %.4f', epoch + 1, epochs, results['mode'],
                  ', '.join(f'{k} {v:.4f}' for k, v in summary.items()), fit)
-        improved = fit >= progress['best_fitness']
+        if stop_on_loss:  # the paper: the best epoch has the lowest validation loss
+          row.update({f'val/{k}_loss' if k != 'loss' else 'val/loss': v for k, v in results['loss'].items()})
+          best_loss = progress.get('best_val_loss')
+          improved = best_loss is None or results['loss']['loss'] <= best_loss
+          if improved:
+            progress['best_val_loss'] = results['loss']['loss']
+        else:  # yolov5: the best epoch has the highest fitness
+          improved = fit >= progress['best_fitness']
         if improved:
           progress['best_fitness'], progress['best_epoch'] = fit, epoch
         stop = patience > 0 and epoch - progress['best_epoch'] >= patience
@@ -571,6 +619,8 @@ def _finish(config, workdir, evaluator, sources, progress, is_main) -> dict:
       'workdir': workdir,
       'best_epoch': int(progress['best_epoch']) + 1,
       'best_fitness': float(progress['best_fitness']),
+      'early_stopping': str(config.train.get('early_stopping', 'fitness')),
+      'best_val_loss': progress.get('best_val_loss'),
       'epochs_completed': int(progress['epoch']),
       'stopped_early': bool(progress['stopped_early']),
       'train_seconds': float(progress['train_seconds']),
@@ -590,14 +640,10 @@ def _finish(config, workdir, evaluator, sources, progress, is_main) -> dict:
         f.write(table + '\n')
       evaluation.save_plots(results, workdir)
   if is_main:
-    _write_json(os.path.join(workdir, METRICS_JSON), out)
+    io_utils.write_json_atomic(os.path.join(workdir, METRICS_JSON), out)
   return out
 
 
 def steps_per_epoch_of(num_train: int, batch_size: int, shard_count: int = 1) -> int:
   """Mini-batches per epoch of a training split (the loader drops the remainder)."""
   return (num_train // shard_count) // (batch_size // shard_count)
-
-
-def epochs_for_steps(steps: int, num_train: int, batch_size: int) -> int:
-  return math.ceil(steps / max(steps_per_epoch_of(num_train, batch_size), 1))

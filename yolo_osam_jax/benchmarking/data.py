@@ -1,7 +1,8 @@
 """Input-pipeline throughput: images per second at 128² with yolov5's full training augmentation and
 with letterbox only, on an in-memory source (so disk and JPEG decoding are not part of the number).
 
-`run_data_benchmark(smoke)` returns one dict per measurement; scripts/benchmark.py prints them.
+`run_data_benchmark(data_config, smoke)` returns one dict per measurement; scripts/benchmark.py prints
+them.
 """
 
 from __future__ import annotations
@@ -49,20 +50,14 @@ def _measure(loader, num_batches: int, warmup: int) -> tuple[float, int]:
   return time.perf_counter() - start, images
 
 
-def _base_data_config():
-  # configs/ sits next to the package in the checkout; config_utils puts the repo root on sys.path.
-  from yolo_osam_jax import config_utils  # pylint: disable=g-import-not-at-top
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return config_utils.load_config(os.path.join(repo, 'configs', 'base.py')).data
-
-
-def run_data_benchmark(smoke: bool, *, img_size: int = 128, batch_size: int = 32,
-                       num_workers: int = 0, data_config=None) -> list[dict]:
+def run_data_benchmark(data_config, smoke: bool, *, img_size: int = 128, batch_size: int = 32,
+                       num_workers: int = 0) -> list[dict]:
   """Pipeline img/s at `img_size`² with full augmentation (mosaic, affine, HSV, flip) and without.
 
-  data_config: `config.data` to take the augmentation from (default configs/base.py, yolov5's values).
+  data_config: `config.data` to take the augmentation from (scripts/benchmark.py: configs/base.py's,
+  yolov5's values).
   """
-  config = (data_config if data_config is not None else _base_data_config()).copy_and_resolve_references()
+  config = data_config.copy_and_resolve_references()
   config.img_size, config.batch_size, config.num_workers = img_size, batch_size, num_workers
   config.max_boxes = 32  # mosaics of four 4-face images: nothing dropped, nothing logged
   source = fake_face_source(64 if smoke else 256)
@@ -80,9 +75,3 @@ def run_data_benchmark(smoke: bool, *, img_size: int = 128, batch_size: int = 32
     })
   return results
 
-
-if __name__ == '__main__':
-  import json  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  for row in run_data_benchmark(smoke='--smoke' in sys.argv):
-    print(json.dumps(row))

@@ -1,0 +1,21 @@
+"""Small file helpers shared by the trainer and the ablation runner."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def write_json_atomic(path: str, value, *, indent: int = 2, sort_keys: bool = False) -> None:
+  """Writes `value` as JSON to `path` through a temporary file and a rename, creating its directory.
+
+  A crash mid-write leaves the previous file (or none), never a half-written one that a resumed run would
+  read back.
+  """
+  directory = os.path.dirname(path)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=indent, sort_keys=sort_keys)
+  os.replace(tmp, path)
