@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import base
+from configs import yolov3 as yolov3_config
 from yolo_osam_jax import convert, losses, models
 from yolo_osam_jax.models import heads, summary, yolov3
 
@@ -194,6 +195,14 @@ def test_bottleneck_residual_only_with_shortcut_and_equal_channels():
     assert params['cv1']['conv']['kernel'].shape == (1, 1, 8, features // 2)
     assert params['cv2']['conv']['kernel'].shape == (3, 3, features // 2, features)
     np.testing.assert_allclose(y, y_inner + x if residual else y_inner, rtol=1e-6, atol=1e-6)
+
+
+def test_config_file():
+  cfg = yolov3_config.get_config()
+  assert models.arch_of(cfg.model) == 'yolov3' and not models.is_anchor_free(cfg.model)
+  assert [L.index for L in models.layer_table(cfg.model)][-1] == 28
+  assert models.build(cfg.model).strides == STRIDES
+  assert losses.components(cfg.model) == losses.components(config())
 
 
 def test_bad_configs_are_named():
