@@ -114,6 +114,11 @@ def test_param_counts_by_hand_and_published():
   assert hand_param_count(7) == 61_556_044
 
 
+def test_gflops_close_to_published():
+  # yolov5's summary of yolov3.yaml: 156.4 GFLOPs at 640², 80 classes (thop; we count 156.26).
+  assert summary.gflops(config(80), 640) == pytest.approx(156.4, rel=2e-3)
+
+
 def test_converter_keys_and_shapes_equal_the_yaml():
   v = flax.core.unfreeze(variable_shapes(config(7)))
   ours = {}
