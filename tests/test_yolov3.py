@@ -1,5 +1,7 @@
 """YOLOv3 (models/yolov3.py): yolov5's yolov3.yaml, checked against a layer table written here by hand."""
 
+import os
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -254,3 +256,29 @@ def test_runs_under_jit_with_the_loss():
   assert all(np.isfinite(norms)) and sum(n > 0 for n in norms) == len(norms)
   assert not np.allclose(updates['batch_stats']['layer_0']['bn']['mean'],
                          v['batch_stats']['layer_0']['bn']['mean'])
+
+
+@pytest.mark.slow
+def test_trains_end_to_end_in_the_detection_loop(tmp_path):
+  """The training loop (AutoAnchor, loss, EMA, evaluation, checkpoints) runs a narrow yolov3."""
+  from conftest import _demo_fixture_scene, synthetic_examples  # pylint: disable=g-import-not-at-top
+  from yolo_osam_jax import checkpoint, training  # pylint: disable=g-import-not-at-top
+  from yolo_osam_jax.data import synthetic_faces  # pylint: disable=g-import-not-at-top
+  config = base.get_config()
+  config.name = 'tiny_yolov3'
+  config.model = config.model.copy_and_resolve_references()
+  config.model.update(dict(arch='yolov3', fusion='none', width=0.125, depth=0.33))
+  config.model.attention.kind = config.model.attention.where = 'none'
+  config.data.update(dict(img_size=64, batch_size=4, max_boxes=8))
+  config.train.update(dict(epochs=1, warmup_epochs=0.0, warmup_min_iters=0, nominal_batch=4, patience=0))
+  config.eval.batch_size = 8
+  scene = _demo_fixture_scene()
+  images = synthetic_examples(8, 64, scene, 0, 'train')
+  result = training.train_and_evaluate(
+      config, str(tmp_path / 'run'), sources={'train': images, 'validation': images, 'test': images},
+      class_names=list(synthetic_faces.CLASS_NAMES), show_progress=False)
+  assert np.isfinite(result['history'][-1]['train/loss'])
+  loaded_config, variables = checkpoint.load_model(os.path.join(result['workdir'], 'best'))
+  assert models.arch_of(loaded_config.model) == 'yolov3'
+  assert set(variables['params']) == {f'layer_{L.index}' for L in models.layer_table(config.model)
+                                      if L.kind not in ('upsample', 'concat')}
