@@ -27,8 +27,9 @@ N(0, 0.01), biases zero. The flatten is in NHWC order (PyTorch flattens NCHW): t
 rows are permuted relative to a torchvision state dict, which nothing here imports. Attention: 'none'
 only (the paper has no attention variant of VGG-16).
 
-Attention (`model.attention`, CSPDarknet53 and AlexNet): kind none | sam | osam | cbam_osam | cbam_sam (the detector's
-`models.attention.Attention`, with its gate and cbl_repeats), placed by `model.attention.where`:
+Attention (`model.attention`; CSPDarknet53 and AlexNet, `ATTENTION_ARCHS`): kind none | sam | osam |
+cbam_osam | cbam_sam (the detector's `models.attention.Attention`, with its gate and cbl_repeats), placed
+by `model.attention.where`:
   embedding  after every stage: the C3 of each CSP stage (strides 4, 8, 16) and SPPF (stride 32), the
              four positions of the detector's gates; AlexNet: after the last conv of each of its three
              stages, before the stage's pool.
@@ -198,7 +199,8 @@ class VGG16(nn.Module):
   def __call__(self, images, train: bool = False):
     _, h, w, _ = images.shape
     if min(h, w) < VGG16_MIN_SIDE:
-      raise ValueError(f'VGG-16 needs inputs of at least {VGG16_MIN_SIDE}² (five 2×2 max-pools), got {h}×{w}')
+      raise ValueError(f'VGG-16 needs inputs of at least {VGG16_MIN_SIDE}² (five 2×2 max-pools), '
+                       f'got {h}×{w}')
     # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu') — an untruncated normal
     # of variance 2 / (k·k·c_out) — and N(0, 0.01) for the linear layers; zero biases.
     conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # untruncated
