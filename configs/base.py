@@ -11,7 +11,7 @@ def model_config(size: str = 's', num_classes: int = 7) -> ml_collections.Config
   """The published YOLO-OSAM at yolov5 size `size`."""
   return ml_collections.ConfigDict({
       # The network (models.DETECTORS / models.CLASSIFIERS): yolo_osam (yolov5 / YOLO-OSAM, the
-      # default) | yolov8 | yolo11 | cspdarknet_cls | alexnet.
+      # default) | yolov3 | yolov8 | yolo11 | cspdarknet_cls | alexnet | vgg16.
       'arch': 'yolo_osam',
       'num_classes': num_classes,
       # n | s | m | l | x: the arch's published scale table (models.scale_of); s is the paper's.

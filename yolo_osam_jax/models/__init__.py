@@ -2,9 +2,10 @@
 
 Detectors (trained by `training.loop`):
   yolo_osam   yolov5 / YOLO-OSAM (models/yolo.py): anchor-based, predictions [B, N, 5 + nc]
+  yolov3      yolov5's yolov3.yaml (models/yolov3.py): the same anchor-based family, Detect and loss
   yolov8      the anchor-free family (models/anchor_free.py): predictions [B, N, 4 + nc]
   yolo11
-Classifiers (`cspdarknet_cls`, `alexnet`; models/classifiers.py) are built by
+Classifiers (`cspdarknet_cls`, `alexnet`, `vgg16`; models/classifiers.py) are built by
 `classifiers.build_classifier` and trained by `yolo_osam_jax.classify`.
 
 `arch_of` and `scale_of` are the only places that read `model.arch`, `model.size`, `model.width`,
@@ -16,16 +17,17 @@ from __future__ import annotations
 import importlib
 
 from yolo_osam_jax.models.heads import levels
-from yolo_osam_jax.models.yolo import YOLO, decode, layer_table
+from yolo_osam_jax.models.yolo import YOLO, decode
 
 # Detector arch -> module with `build(model_config)` and `SCALES[arch]` = {size: (width, depth,
 # max_channels)}, the published scale table.
 DETECTORS = {
     'yolo_osam': 'yolo_osam_jax.models.yolo',
+    'yolov3': 'yolo_osam_jax.models.yolov3',
     'yolov8': 'yolo_osam_jax.models.anchor_free',
     'yolo11': 'yolo_osam_jax.models.anchor_free',
 }
-CLASSIFIERS = ('cspdarknet_cls', 'alexnet')
+CLASSIFIERS = ('cspdarknet_cls', 'alexnet', 'vgg16')
 ARCHS = tuple(DETECTORS) + CLASSIFIERS
 ANCHOR_FREE = ('yolov8', 'yolo11')
 # Configs written before `model.arch` existed, and the ablation tables of that time, said 'yolo'.
@@ -63,6 +65,14 @@ def scale_of(model_config) -> tuple[float, float, int | None]:
   override = lambda key, default: default if model_config.get(key, None) is None else model_config[key]  # noqa: E731
   return (float(override('width', width)), float(override('depth', depth)),
           override('max_channels', max_channels))
+
+
+def layer_table(model_config):
+  """The detector's layer table (yolo_osam, yolov3: indices = the published state-dict indices)."""
+  module = _module(arch_of(model_config))
+  if not hasattr(module, 'layer_table'):
+    raise ValueError(f'model.arch={arch_of(model_config)!r} has no layer table')
+  return module.layer_table(model_config)
 
 
 def build(model_config):

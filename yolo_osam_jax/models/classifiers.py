@@ -1,4 +1,5 @@
-"""The paper's classification baselines (Tables 2, 4, 5): a CSPDarknet53 classifier and an AlexNet.
+"""The paper's classification baselines: a CSPDarknet53 classifier and an AlexNet (Tables 2, 4, 5), VGG-16
+(Table 1).
 
 Both take float32 NHWC RGB crops in [0, 1] and return class logits [B, nc]:
 `module.apply(variables, images, train=False) -> logits`.
@@ -14,8 +15,21 @@ the side, rounding up), and an adaptive average pool to 4×4 before the classifi
 inputs all give 4·4·256 features). Each conv is followed by BatchNorm: it stands in for AlexNet's local
 response normalisation and lets the network train from scratch at yolov5's learning rates.
 
-Attention (`model.attention`): kind none | sam | osam | cbam_osam | cbam_sam (the detector's
-`models.attention.Attention`, with its gate and cbl_repeats), placed by `model.attention.where`:
+VGG-16 (`model.arch = 'vgg16'`): torchvision's VGG-16, configuration D of Simonyan & Zisserman, without
+BatchNorm: 13 3×3 convolutions (padding 1, bias, ReLU) in five stages of 64, 128, 256, 512, 512 channels,
+each stage ending in a 2×2 stride-2 max-pool (sides round down), PyTorch's AdaptiveAvgPool2d to 7×7, then
+Linear(25088, 4096) ReLU Dropout, Linear(4096, 4096) ReLU Dropout, Linear(4096, nc): 134,289,223
+parameters at 7 classes. Face crops of 32–128² leave a 1–4² map after the fifth pool, which the
+adaptive pool spreads over 7×7 exactly as PyTorch does (every output cell averages the input cells its
+bin covers, so a 1² map is copied to all 49); inputs under 32² would pool to nothing and are refused.
+Initialisation as torchvision's: convolutions Kaiming-normal (fan-out, ReLU gain), linear layers
+N(0, 0.01), biases zero. The flatten is in NHWC order (PyTorch flattens NCHW): the first linear layer's
+rows are permuted relative to a torchvision state dict, which nothing here imports. Attention: 'none'
+only (the paper has no attention variant of VGG-16).
+
+Attention (`model.attention`; CSPDarknet53 and AlexNet, `ATTENTION_ARCHS`): kind none | sam | osam |
+cbam_osam | cbam_sam (the detector's `models.attention.Attention`, with its gate and cbl_repeats), placed
+by `model.attention.where`:
   embedding  after every stage: the C3 of each CSP stage (strides 4, 8, 16) and SPPF (stride 32), the
              four positions of the detector's gates; AlexNet: after the last conv of each of its three
              stages, before the stage's pool.
@@ -36,7 +50,8 @@ from yolo_osam_jax.models import attention as attention_lib
 from yolo_osam_jax.models import yolo
 from yolo_osam_jax.models.layers import C3, CBL, SPPF, compute_dtype, torch_conv_init
 
-CLASSIFIER_ARCHS = ('cspdarknet_cls', 'alexnet')
+CLASSIFIER_ARCHS = ('cspdarknet_cls', 'alexnet', 'vgg16')
+ATTENTION_ARCHS = ('cspdarknet_cls', 'alexnet')   # the classifiers that take `model.attention`
 PLACES = ('embedding', 'last')
 
 # AlexNet's (features, kernel, stride) per conv, grouped in stages; a 3×3 stride-2 max-pool ends each.
@@ -47,6 +62,12 @@ ALEXNET_STAGES = (
 )
 ALEXNET_POOLED_SIDE = 4     # adaptive average pool output (side)
 ALEXNET_HIDDEN = 1024       # width of the two hidden FC layers
+
+# VGG-16 (configuration D): conv widths per stage; a 2×2 stride-2 max-pool ends each stage.
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+VGG16_POOLED_SIDE = 7
+VGG16_HIDDEN = 4096
+VGG16_MIN_SIDE = 2 ** len(VGG16_STAGES)   # 32: the fifth pool leaves at least 1×1
 
 
 def backbone_table(model_config) -> tuple[yolo.LayerDef, ...]:
@@ -168,6 +189,38 @@ class AlexNet(nn.Module):
     return x
 
 
+class VGG16(nn.Module):
+  """VGG-16 (configuration D, no BatchNorm) → adaptive 7×7 average pool → FC 4096, FC 4096, FC(nc)."""
+  num_classes: int
+  dropout: float = 0.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    _, h, w, _ = images.shape
+    if min(h, w) < VGG16_MIN_SIDE:
+      raise ValueError(f'VGG-16 needs inputs of at least {VGG16_MIN_SIDE}² (five 2×2 max-pools), '
+                       f'got {h}×{w}')
+    # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu') — an untruncated normal
+    # of variance 2 / (k·k·c_out) — and N(0, 0.01) for the linear layers; zero biases.
+    conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # untruncated
+    dense_init = nn.initializers.normal(0.01)
+    x = images.astype(self.dtype)
+    conv_index = 0
+    for widths in VGG16_STAGES:
+      for features in widths:
+        x = nn.relu(nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
+                            dtype=self.dtype, name=f'conv_{conv_index}')(x))
+        conv_index += 1
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+    x = adaptive_avg_pool(x, VGG16_POOLED_SIDE)
+    x = x.reshape(x.shape[0], -1)
+    for j in range(2):
+      x = nn.relu(nn.Dense(VGG16_HIDDEN, kernel_init=dense_init, dtype=self.dtype, name=f'fc_{j}')(x))
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, kernel_init=dense_init, name='fc_2')(x.astype(jnp.float32))
+
+
 def arch_of(model_config) -> str:
   from yolo_osam_jax import models  # pylint: disable=g-import-not-at-top (the registry imports us)
   return models.arch_of(model_config)
@@ -178,6 +231,8 @@ def validate(model_config) -> None:
   if arch not in CLASSIFIER_ARCHS:
     raise ValueError(f"model.arch {arch!r} is not a classifier; classifiers: {CLASSIFIER_ARCHS}")
   att = model_config.attention
+  if arch not in ATTENTION_ARCHS and att.kind != 'none':
+    raise ValueError(f"model.arch={arch!r} supports model.attention.kind='none' only, got {att.kind!r}")
   if att.kind not in attention_lib.KINDS:
     raise ValueError(f"model.attention.kind must be one of {attention_lib.KINDS}, got {att.kind!r}")
   if att.kind != 'none' and att.where not in PLACES:
@@ -192,8 +247,12 @@ def validate(model_config) -> None:
 
 
 def build_classifier(model_config) -> nn.Module:
-  """The Flax classifier for `config.model` (`arch` cspdarknet_cls | alexnet)."""
+  """The Flax classifier for `config.model` (`arch` cspdarknet_cls | alexnet | vgg16)."""
   validate(model_config)
+  if arch_of(model_config) == 'vgg16':
+    return VGG16(num_classes=int(model_config.num_classes),
+                 dropout=float(model_config.get('dropout', 0.5)),
+                 dtype=compute_dtype(model_config.dtype))
   att = model_config.attention
   common = dict(num_classes=int(model_config.num_classes), attention_kind=att.kind,
                 where=att.where if att.kind != 'none' else 'embedding', gate=att.gate,
