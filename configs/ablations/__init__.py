@@ -51,6 +51,10 @@ def _anchor_free(arch, label, size='s') -> Row:
 
 
 DETECTOR_BASELINES = (
+    # YOLOv3 as the paper's repository trains it: yolov5's yolov3.yaml with yolov5's loss and recipe.
+    Row('yolov3', 'YOLOv3 (Darknet-53, anchor-based)', DETECTOR,
+        ('model.arch=yolov3', 'model.size=s', 'model.fusion=none', 'model.attention.kind=none',
+         'model.attention.where=none')),
     _anchor_free('yolov8', 'YOLOv8s (anchor-free)'),
     _anchor_free('yolo11', 'YOLO11s (anchor-free)'),
     YOLOV5S,
