@@ -16,6 +16,8 @@ and written on export with a chosen value.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import re
 from typing import Mapping
@@ -23,6 +25,7 @@ from typing import Mapping
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from yolo_osam_jax import models
@@ -81,8 +84,14 @@ def _torch_order(key: str):
 
 
 def variable_shapes(model_config, img_size: int = 64):
-  """The variables' shapes and dtypes, without computing any value."""
-  module = anchor_free.build(model_config)
+  """The variables' shapes and dtypes, without computing any value (traced once per config; the
+  result is shared, do not modify it)."""
+  return _variable_shapes(json.dumps(model_config.to_dict(), sort_keys=True, default=str), img_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _variable_shapes(config_json: str, img_size: int):
+  module = anchor_free.build(ml_collections.ConfigDict(json.loads(config_json)))
   return jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, img_size, img_size, 3)))
 
 
@@ -91,6 +100,28 @@ def init_variables(model_config, rng=None, img_size: int = 64):
   module = anchor_free.build(model_config)
   rng = jax.random.PRNGKey(0) if rng is None else rng
   return jax.jit(module.init)(rng, jnp.zeros((1, img_size, img_size, 3), jnp.float32))
+
+
+def _fresh_value(collection: str, path: tuple[str, ...], shape, model_config, rng) -> np.ndarray:
+  """A freshly initialised value for one leaf, drawn in numpy from the module's own init
+  distributions (conv kernels U(±1/sqrt(fan_in)) as layers.torch_conv_init, BatchNorm 1/0, the Detect
+  biases anchor_free.BOX_BIAS / class_bias): no XLA compile, which for even the head alone costs
+  seconds."""
+  leaf, owner = path[-1], path[-2]
+  if collection == 'batch_stats':
+    return np.ones(shape, np.float32) if leaf == 'var' else np.zeros(shape, np.float32)
+  if leaf == 'kernel':
+    limit = 1.0 / np.sqrt(float(np.prod(shape[:-1])))
+    return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+  if leaf == 'scale':
+    return np.ones(shape, np.float32)
+  m = re.fullmatch(r'cv([23])_(\d+)_2', owner)
+  if leaf == 'bias' and m:  # the final 1×1 convs of the Detect branches
+    if m.group(1) == '2':
+      return np.full(shape, anchor_free.BOX_BIAS, np.float32)
+    stride = anchor_free.strides(model_config)[int(m.group(2))]
+    return np.full(shape, anchor_free.class_bias(int(model_config.num_classes), stride), np.float32)
+  return np.zeros(shape, np.float32)
 
 
 def _checkpoint_classes(state_dict, det: int) -> int | None:
@@ -114,7 +145,8 @@ def from_ultralytics_state_dict(state_dict: Mapping[str, np.ndarray], model_conf
   nc = int(model_config.num_classes)
   src_nc = _checkpoint_classes(state_dict, det)
   transfer = src_nc is not None and src_nc != nc
-  fresh = None  # real initial values, computed only when some tensors keep them
+  np_rng = np.random.default_rng(
+      0 if rng is None else np.asarray(jax.random.key_data(rng)).astype(np.uint64).ravel().tolist())
   consumed: set[str] = set()
   kept_fresh: list[str] = []
   flat = {}
@@ -127,9 +159,7 @@ def from_ultralytics_state_dict(state_dict: Mapping[str, np.ndarray], model_conf
       consumed.add(key)
       if src.shape != target.shape:
         if transfer and key.startswith(f'model.{det}.cv3.'):
-          if fresh is None:
-            fresh = flax.core.unfreeze(init_variables(model_config, rng))
-          src = np.asarray(flax.traverse_util.flatten_dict(fresh[collection])[path])
+          src = _fresh_value(collection, path, target.shape, model_config, np_rng)
           kept_fresh.append(key)
         else:
           want = _to_torch_layout(np.empty(target.shape, np.float32)).shape
