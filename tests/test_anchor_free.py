@@ -192,6 +192,10 @@ def test_decode_matches_a_direct_numpy_decoding(ref):
   box = np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1).reshape(b, h * w, 4) * s
   n0 = ref['raw'][0].shape[1] * ref['raw'][0].shape[2]
   np.testing.assert_allclose(ref['pred'][:, n0:n0 + h * w, :4], box, rtol=0, atol=1e-4)
+  points, strides = af.anchors_of([r.shape[1:3] for r in ref['raw']], af.strides(ref['config']))
+  assert points.shape == (336, 2) and strides.shape == (336, 1)
+  np.testing.assert_array_equal(points[n0:n0 + h * w], np.stack([ax, ay], -1).reshape(-1, 2))
+  assert (strides[:n0] == 8).all() and (strides[n0:n0 + h * w] == 16).all() and (strides[-4:] == 32).all()
 
 
 def test_train_raw_maps(ref):

@@ -469,6 +469,15 @@ def make_anchor_points(h: int, w: int) -> jax.Array:
   return jnp.stack([gx, gy], axis=-1).reshape(h * w, 2)
 
 
+def anchors_of(level_shapes, level_strides) -> tuple[jax.Array, jax.Array]:
+  """All levels' anchor points in grid units [N, 2] and their strides [N, 1], levels concatenated in
+  the given order (strides ascending for `raw`), each row-major: the N axis of the predictions.
+  `level_shapes`: (H, W) per level (e.g. `[r.shape[1:3] for r in raw]`)."""
+  points = [make_anchor_points(h, w) for h, w in level_shapes]
+  stride = [jnp.full((h * w, 1), s, jnp.float32) for (h, w), s in zip(level_shapes, level_strides)]
+  return jnp.concatenate(points, axis=0), jnp.concatenate(stride, axis=0)
+
+
 def dfl_expectation(box_logits) -> jax.Array:
   """[..., 4·REG_MAX] side-major logits → [..., 4] expected distances (l, t, r, b) in grid units."""
   x = box_logits.astype(jnp.float32).reshape(box_logits.shape[:-1] + (4, REG_MAX))
