@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from conftest import FIXTURES
+from conftest import FIXTURES, require_fixture
 from yolo_osam_jax import convert_ultralytics as cu
 from yolo_osam_jax import models
 from yolo_osam_jax.convert import ConversionError
@@ -43,13 +43,7 @@ def _config(arch, size='n', nc=7, dtype='float32'):
 
 
 def _fixture_dir(arch):
-  d = os.path.join(FIX, f'{arch}n')
-  if not os.path.isdir(d):
-    msg = f'ultralytics fixtures not present at {d}'
-    if os.environ.get('CI') == 'true':
-      pytest.fail(msg + ' (required under CI=true)')
-    pytest.skip(msg)
-  return d
+  return require_fixture(os.path.join(FIX, f'{arch}n'))
 
 
 def _nhwc(a):
@@ -202,6 +196,29 @@ def test_train_raw_maps(ref):
   for i in range(3):
     want = _nhwc(ref['load'](f'train_raw_L{i}.npy'))
     np.testing.assert_allclose(ref['train_raw'][i], want, rtol=0, atol=1e-4, err_msg=f'train_raw_L{i}')
+
+
+def test_loss_end_to_end_from_the_weights(ref):
+  """Converted weights → our train-mode forward → the family's loss (losses.detection_loss, as the
+  train step calls it) on loss.json's targets: ultralytics' numbers within 1e-5 relative."""
+  from yolo_osam_jax import losses  # pylint: disable=import-outside-toplevel
+  reference = json.load(open(os.path.join(ref['dir'], 'loss.json')))
+  rows = np.array(reference['targets']['rows'], np.float32)
+  m = 5  # padded: the images have 4 and 3 targets
+  boxes, classes, mask = np.zeros((2, m, 4), np.float32), np.zeros((2, m), np.int32), np.zeros((2, m), bool)
+  for b in range(2):
+    image_rows = rows[rows[:, 0] == b]
+    n = len(image_rows)
+    boxes[b, :n], classes[b, :n], mask[b, :n] = image_rows[:, 2:], image_rows[:, 1], True
+  targets = {'boxes': boxes, 'classes': classes, 'mask': mask}
+  total, parts = losses.detection_loss([jnp.asarray(r) for r in ref['train_raw']], targets, ref['config'],
+                                       128, {'box': 7.5, 'cls': 0.5, 'dfl': 1.5})
+  assert losses.components(ref['config']) == ('box', 'cls', 'dfl')
+  assert float(total) == pytest.approx(reference['total'], rel=1e-5)
+  items = [float(parts[k]) for k in ('box', 'cls', 'dfl')]
+  np.testing.assert_allclose(items, [reference['items'][f'{k}_loss'] for k in ('box', 'cls', 'dfl')],
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.array(items) * 2, reference['loss_vector'], rtol=1e-5)
 
 
 def test_batchnorm_buffers_after_one_train_step(ref):

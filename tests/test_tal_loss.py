@@ -12,24 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, require_fixture
 from yolo_osam_jax import tal_loss
 
 FIX = os.path.join(FIXTURES, 'ultralytics_nc7')
 MODELS = ('yolov8n', 'yolo11n')
 IMG, STRIDES, NC, REG_MAX = 128, (8, 16, 32), 7, 16
 PADDED_M = 7  # the fixture images have 4 and 3 targets; the rest are masked padding rows
-
-
-def require_fixture(path):
-  """Skips the calling test when `path` is missing, except under CI (CI=true), where it fails: a CI run
-  must not pass by silently skipping the parity checks."""
-  if os.path.exists(path):
-    return path
-  message = f'reference fixture {path} is missing'
-  if os.environ.get('CI') == 'true':
-    pytest.fail(message + ' (CI=true: the fixtures are required)')
-  pytest.skip(message)
 
 
 TRACES = collections.Counter()  # jit_loss traces per (img, strides, grad)
@@ -121,17 +110,6 @@ def test_assignment_matches_ultralytics(model):
   off_class = np.ones_like(target_scores, bool)
   np.put_along_axis(off_class, labels[..., None], False, axis=-1)
   assert np.all(target_scores[off_class] == 0) and np.all(target_scores <= 1)
-
-
-def test_require_fixture_fails_under_ci_and_skips_otherwise(monkeypatch, tmp_path):
-  missing = str(tmp_path / 'not_there')
-  monkeypatch.setenv('CI', 'true')
-  with pytest.raises(pytest.fail.Exception, match='CI=true'):
-    require_fixture(missing)
-  monkeypatch.delenv('CI')
-  with pytest.raises(pytest.skip.Exception):
-    require_fixture(missing)
-  assert require_fixture(str(tmp_path)) == str(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------

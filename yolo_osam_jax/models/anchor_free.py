@@ -505,6 +505,11 @@ class AnchorFreeYOLO(nn.Module):
   legacy_head: bool = False
   dtype: Any = jnp.float32
 
+  @property
+  def strides(self) -> tuple[int, ...]:
+    """Detection strides, ascending (the order of `raw`)."""
+    return tuple(sorted(self.layers[s].stride for s in self.layers[-1].sources))
+
   def _layer(self, L: LayerDef):
     kw = dict(dtype=self.dtype, name=f'layer_{L.index}')
     if L.kind == 'conv':
