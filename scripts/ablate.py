@@ -50,7 +50,7 @@ import numpy as np
 
 from configs import ablations
 from configs import base
-from yolo_osam_jax import config_utils
+from yolo_osam_jax import config_utils, errors
 
 BASE_CONFIG = 'configs/base.py'
 SMOKE_STEPS = 2
@@ -121,7 +121,8 @@ def run_detector(config, sources: Mapping, workdir: str, max_steps: int | None) 
   out = training.train_and_evaluate(
       config, workdir, sources={'train': sources['train'], 'validation': sources['validation'],
                                 'test': sources['eval']},
-      class_names=sources['class_names'], show_progress=False)
+      class_names=sources['class_names'], show_progress=False,
+      overwrite=True)  # a round without its result JSON was killed: it is retrained from the start
   summary = out['test_summary']
   return {'f1': summary['f1'], 'map50': summary['mAP50'], 'map': summary['mAP50-95'],
           'accuracy': summary['accuracy'], 'f1_macro': summary['f1_macro'],
@@ -433,6 +434,7 @@ def run_table(number: int, *, workdir: str, dataset: str = 'synthetic_faces', bu
   return {'summary': summary, 'tests': tests, 'paths': paths, 'ran': ran, 'skipped': skipped}
 
 
+@errors.script_main
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = config_utils.split_config_args(argv)
@@ -481,4 +483,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

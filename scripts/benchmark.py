@@ -16,7 +16,7 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from yolo_osam_jax import benchmarking
+from yolo_osam_jax import benchmarking, errors
 
 SECTIONS = ('infer', 'train', 'data', 'eval')
 COLUMNS = {
@@ -39,6 +39,7 @@ def run_section(name: str, smoke: bool) -> list[dict]:
   raise ValueError(f'unknown section {name!r}; choose from {SECTIONS}')
 
 
+@errors.script_main
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('sections', nargs='*', metavar='SECTION', help=f'any of {SECTIONS} (default: all)')
@@ -61,4 +62,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -26,7 +26,7 @@ import _bootstrap  # noqa: F401
 import cv2
 import numpy as np
 
-from yolo_osam_jax import config_utils
+from yolo_osam_jax import config_utils, errors
 
 # One colour per class (RGB), readable on the synthetic backgrounds.
 COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -88,6 +88,7 @@ def prediction_mosaic(checkpoint_dir: str, config, source, class_names, path: st
   return path
 
 
+@errors.script_main
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = config_utils.split_config_args(argv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 
 import tensorflow_datasets as tfds
 
@@ -45,19 +46,54 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None, config: st
 
 def build(name: str, data_dir: str | os.PathLike | None = None,
           manual_dir: str | os.PathLike | None = None, config: str | None = None,
-          **kwargs) -> tfds.core.DatasetBuilder:
+          rebuild: bool = False, **kwargs) -> tfds.core.DatasetBuilder:
   """Prepares dataset `name` as array_record files (once; later calls reuse them) and returns the builder.
 
   `manual_dir` is the folder holding the files the user downloaded (the layout each builder documents).
+  A prepared dataset is reused only when `manual_dir` has the fingerprint recorded at its build
+  (source_fingerprint.py); otherwise this raises errors.InputError saying how to rebuild, or, with
+  `rebuild`, builds it again (the old copy is kept until the new build has succeeded). The returned
+  builder's `reused` attribute says whether a build happened.
   """
+  from yolo_osam_jax import errors  # pylint: disable=g-import-not-at-top
+  from yolo_osam_jax.data import source_fingerprint  # pylint: disable=g-import-not-at-top
   import_builder(name)
+  if manual_dir and not os.path.exists(os.path.expanduser(os.fspath(manual_dir))):
+    raise errors.MissingError(f'{manual_dir}: --manual_dir does not exist')
   if manual_dir and getattr(tfds.builder_cls(name), 'MANUAL_DIR_AT_INIT', False):
     # e.g. yolo_folder: its class names come from the data.yaml in manual_dir.
     kwargs['manual_dir'] = manual_dir
   builder = get_builder(name, data_dir=data_dir, config=config, **kwargs)
+  fingerprint = source_fingerprint.compute(manual_dir)
+  data_path = os.fspath(builder.data_path)
+  aside = None
+  if os.path.isdir(data_path):
+    stored = source_fingerprint.read(data_path)
+    same = fingerprint is None or (stored is not None and stored.get('digest') == fingerprint['digest'])
+    if same and not rebuild:
+      builder.reused = True
+      return builder
+    if not rebuild:
+      raise errors.InputError(
+          f'{data_path} holds {builder.info.full_name} built from {source_fingerprint.describe(stored)}, '
+          f'not from {source_fingerprint.describe(fingerprint)} as it is now: rebuild it with '
+          f'`prepare_data.py ... --rebuild` (or use another --data_dir)')
+    # The old build is moved aside, not deleted, until the new one has succeeded.
+    aside = f'{data_path}.old-{os.getpid()}'
+    os.rename(data_path, aside)
+    builder = get_builder(name, data_dir=data_dir, config=config, **kwargs)
+  builder._source_fingerprint = fingerprint  # pylint: disable=protected-access (written by the build)
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.path.expanduser(os.fspath(manual_dir)) if manual_dir else None)
-  builder.download_and_prepare(file_format='array_record', download_config=download_config)
+  try:
+    builder.download_and_prepare(file_format='array_record', download_config=download_config)
+  except BaseException:
+    if aside is not None and not os.path.exists(data_path):
+      os.rename(aside, data_path)
+    raise
+  if aside is not None:
+    shutil.rmtree(aside)
+  builder.reused = False
   return builder
 
 

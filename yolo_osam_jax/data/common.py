@@ -404,6 +404,13 @@ class DetectionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if self.info.metadata is not None:
       self.info.metadata['build_report'] = report.as_dict()
     report.save(epath.Path(self.data_dir) / 'build_report.json')
+    fingerprint = getattr(self, '_source_fingerprint', None)
+    if fingerprint is not None:
+      # Into the build's temporary folder: it appears with the data or not at all (data.build).
+      from yolo_osam_jax.data import source_fingerprint  # pylint: disable=g-import-not-at-top
+      source_fingerprint.write(self.data_dir, fingerprint)
+      if self.info.metadata is not None:
+        self.info.metadata['source_fingerprint'] = fingerprint
     print(report.summary(), flush=True)
 
   def build_report(self) -> BuildReport | None:

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from typing import Any, Mapping, Sequence
 
@@ -42,7 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from yolo_osam_jax import autoanchor, checkpoint, models
+from yolo_osam_jax import autoanchor, checkpoint, errors, models, runlock
 from yolo_osam_jax import evaluation
 from yolo_osam_jax.data import pipeline
 from yolo_osam_jax.training import optim
@@ -59,8 +60,9 @@ METRICS_JSON = 'metrics.json'
 LOSS_KEYS = ('box', 'obj', 'cls', 'loss')
 
 
-class TrainingDiverged(RuntimeError):
-  """Too many consecutive steps with NaN/Inf loss or gradients (train.max_bad_steps)."""
+class TrainingDiverged(errors.UserError, RuntimeError):
+  """Too many consecutive steps with NaN/Inf loss or gradients, or a loss above train.max_loss
+  (train.max_bad_steps), or NaN/Inf predictions at validation. The last good checkpoints are kept."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -240,7 +242,13 @@ class Evaluator:
                                             batch_size=batch_size, num_workers=0)
 
     def predict_fn(batch):
-      return np.asarray(self._predict(variables, jax.device_put(batch['image'], self._device)))
+      out = np.asarray(self._predict(variables, jax.device_put(batch['image'], self._device)))
+      if not np.all(np.isfinite(out)):
+        # Checked here, before any best/ or last/ is written from these weights.
+        raise TrainingDiverged('the model\'s predictions hold NaN/Inf values (the weights diverged); '
+                               'best/ and last/ keep the last good weights. Lower train.lr0 or check '
+                               'the data.')
+      return out
 
     return evaluation.evaluate_batches(predict_fn, loader, self._config.eval, self._class_names)
 
@@ -309,7 +317,7 @@ def _summary(results: Mapping) -> dict[str, float]:
   }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None, *,
+def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str | None = None, *,
                        resume: bool = False, sources: Mapping[str, Sequence] | None = None,
                        class_names: Sequence[str] | None = None, stop_at_step: int | None = None,
                        show_progress: bool = True, mesh=None) -> dict:
@@ -415,7 +423,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       step_lib.train_step_fn(
           step_lib.make_detection_loss_fn(model, config.model, img_size, config.loss), tx,
           ema_decay=float(config.train.get('ema_decay', 0.9999)),
-          ema_tau=float(config.train.get('ema_tau', 2000.0)), use_ema=use_ema),
+          ema_tau=float(config.train.get('ema_tau', 2000.0)), use_ema=use_ema,
+          max_loss=float(config.train.get('max_loss', 0.0) or 0.0)),
       mesh)
 
   manager = _checkpoint_manager(workdir, int(config.train.get('keep_checkpoints', 2)))
@@ -448,12 +457,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         progress['train_seconds'] += seconds
         global_step = epoch * steps_per_epoch + i + 1
         if not metrics['finite']:
-          log.warning('step %d: loss or gradients are NaN/Inf; the update was skipped (%d in a row, %d '
-                      'in total)', global_step, metrics['bad_steps'], metrics['total_bad_steps'])
+          log.warning('step %d: loss or gradients are NaN/Inf (or the loss exceeds train.max_loss); the '
+                      'update was skipped (%d in a row, %d in total)', global_step, metrics['bad_steps'], metrics['total_bad_steps'])
           if int(metrics['bad_steps']) >= max_bad:
             raise TrainingDiverged(
                 f'training stopped at epoch {epoch + 1}, step {global_step}: {int(metrics["bad_steps"])} '
-                f'consecutive steps with NaN/Inf loss or gradients (train.max_bad_steps = {max_bad}); '
+                f'consecutive steps with NaN/Inf loss or gradients, or a loss above train.max_loss '
+                f'(train.max_bad_steps = {max_bad}); '
                 f'nothing was saved from these steps, the last checkpoint in {manager.directory} is '
                 'intact. Lower train.lr0, check the data, or disable model.dtype bfloat16.')
         else:
@@ -518,6 +528,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     manager.close()
 
   return _finish(config, workdir, evaluator, sources, progress, is_main)
+
+
+# What a run writes into its workdir: a fresh run refuses to start over these unless told to overwrite.
+RUN_OUTPUTS = (CONFIG_FILE, CHECKPOINT_DIR, BEST_DIR, LAST_DIR, RESULTS_CSV, METRICS_JSON, 'tensorboard',
+               'test_metrics.txt')
+
+
+def existing_run_outputs(workdir: str) -> list[str]:
+  """The names in RUN_OUTPUTS that `workdir` already holds."""
+  return [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(workdir, name))]
+
+
+def check_img_size(config) -> None:
+  """data.img_size must be a positive multiple of the model's largest stride (checked before any work)."""
+  img_size = config.data.img_size
+  module = models.build(config.model)
+  stride = max(module.layers[s].stride for s in module.layers[-1].sources)
+  if not isinstance(img_size, int) or img_size <= 0 or img_size % stride:
+    raise errors.InputError(f'config.data.img_size = {img_size!r}: must be a positive multiple of the '
+                            f'largest stride {stride} (e.g. {max(stride, round(int(img_size or 0) / stride) * stride)})')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None, *,
+                       resume: bool = False, overwrite: bool = False, **kwargs) -> dict:
+  """Trains `config` in `workdir` while holding its lock file; see `_train_and_evaluate_locked` for the
+  arguments and what is written.
+
+  A fresh run (resume=False) into a workdir that already holds a run's outputs raises RunExistsError,
+  unless `overwrite` is set: then those outputs are deleted first. A second training in the same workdir
+  raises LockedError naming the process that holds it.
+  """
+  workdir = resolve_workdir(config, workdir, resume)
+  if jax.process_index() != 0:
+    return _train_and_evaluate_locked(config, workdir, resume=resume, **kwargs)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.OutputError(f'{workdir}: --workdir is an existing file, not a folder')
+  errors.check_output_dir(workdir, 'workdir')
+  with runlock.WorkdirLock(workdir):
+    found = existing_run_outputs(workdir)
+    if found and not resume:
+      if not overwrite:
+        raise errors.RunExistsError(
+            f'{workdir} holds a run ({", ".join(found)}): use --resume, or a new --workdir '
+            '(or --overwrite to delete it)')
+      for name in found:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        else:
+          os.remove(path)
+      log.info('--overwrite: deleted the previous run in %s (%s)', workdir, ', '.join(found))
+    if not resume:
+      check_img_size(config)
+    return _train_and_evaluate_locked(config, workdir, resume=resume, **kwargs)
 
 
 def _finish(config, workdir, evaluator, sources, progress, is_main) -> dict:
