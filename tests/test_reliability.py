@@ -31,6 +31,7 @@ def _variables(value):
 def _run_script(name, *args, env=None):
   """(returncode, stdout, stderr) of scripts/<name> in a fresh interpreter."""
   full_env = {k: v for k, v in os.environ.items() if k != 'YOLO_OSAM_DEBUG'}
+  full_env['JAX_PLATFORMS'] = 'cpu'  # no accelerator probing lines on stderr
   full_env.update(env or {})
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', name), *args], capture_output=True,
                         text=True, env=full_env, cwd=ROOT, timeout=300)
@@ -261,3 +262,203 @@ def test_malformed_config_json_names_file_and_line(tmp_path):
   (tmp_path / 'config.json').write_bytes(b'{"model": "\xff"}')
   with pytest.raises(errors.InputError, match=r'config\.json: not UTF-8 text \(byte 11\)'):
     checkpoint.read_config_json(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: a run is never replaced by accident, one training per workdir, sizes checked up front.
+
+
+def _tiny_train_config(**train):
+  from test_train import tiny_config
+  config = tiny_config()
+  for key, value in train.items():
+    config.train[key] = value
+  return config
+
+
+def test_fresh_run_into_a_workdir_holding_a_run_is_refused(tmp_path):
+  from yolo_osam_jax import training
+  workdir = tmp_path / 'run'
+  (workdir / 'best').mkdir(parents=True)
+  (workdir / 'results.csv').write_text('epoch\n1\n')
+  with pytest.raises(errors.RunExistsError) as info:
+    training.train_and_evaluate(_tiny_train_config(), str(workdir))
+  assert str(info.value) == (f'{workdir} holds a run (best, results.csv): use --resume, or a new --workdir '
+                             '(or --overwrite to delete it)')
+  assert (workdir / 'results.csv').read_text() == 'epoch\n1\n'  # nothing was touched
+
+
+def test_overwrite_deletes_only_the_previous_run(tmp_path, monkeypatch):
+  from yolo_osam_jax.training import loop
+  workdir = tmp_path / 'run'
+  (workdir / 'checkpoints' / '4').mkdir(parents=True)
+  (workdir / 'metrics.json').write_text('{}')
+  (workdir / 'notes.txt').write_text('mine')
+  calls = []
+  monkeypatch.setattr(loop, '_train_and_evaluate_locked',
+                      lambda config, wd, **kw: calls.append((wd, sorted(os.listdir(wd)))) or {})
+  loop.train_and_evaluate(_tiny_train_config(), str(workdir), overwrite=True)
+  assert calls == [(str(workdir), ['notes.txt', 'train.lock'])]
+
+
+def test_second_training_in_the_same_workdir_names_the_holder(tmp_path):
+  from yolo_osam_jax import runlock, training
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  with runlock.WorkdirLock(str(workdir)):
+    with pytest.raises(errors.LockedError, match=rf'{workdir} is in use by another training '
+                       rf'\(pid {os.getpid()} on .* since .*\); wait for it to end, or use another --workdir'):
+      training.train_and_evaluate(_tiny_train_config(), str(workdir))
+  # The kernel lock went with its holder: the next run gets it.
+  with runlock.WorkdirLock(str(workdir)):
+    pass
+
+
+def test_img_size_not_a_multiple_of_the_stride_is_refused_up_front(tmp_path):
+  from yolo_osam_jax import training
+  config = _tiny_train_config()
+  config.data.img_size = 100
+  with pytest.raises(errors.InputError, match=r'config\.data\.img_size = 100: must be a positive multiple '
+                     r'of the largest stride 32 \(e\.g\. 96\)'):
+    training.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert sorted(os.listdir(tmp_path / 'run')) == ['train.lock']
+
+
+def test_train_script_refuses_an_existing_run_in_one_line(tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text('{}')
+  rc, _, err = _run_script('train.py', '--config', os.path.join(ROOT, 'configs', 'demo.py'), '--workdir',
+                           str(workdir))
+  assert rc == 2 and 'Traceback' not in err
+  assert err.strip().splitlines()[-1] == (f'error: {workdir} holds a run (config.json): use --resume, or a '
+                                          'new --workdir (or --overwrite to delete it)')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('max_loss,expected', [
+    (1e4, r'step 4: 3 consecutive steps with NaN/Inf loss or gradients, or a loss above train\.max_loss'),
+    (0.0, r"the model's predictions hold NaN/Inf values \(the weights diverged\); best/ and last/ keep")])
+def test_exploding_finite_loss_stops_the_run_and_writes_no_garbage(tmp_path, max_loss, expected):
+  """lr0 = 1e6 (the issue's case): the loss explodes while staying finite. With train.max_loss the steps
+  are dropped and the run stops after max_bad_steps; without it validation finds NaN predictions and
+  stops the run before best/ or last/ is written from those weights."""
+  from test_train import CLASS_NAMES, tiny_sources
+  from yolo_osam_jax import training
+  config = _tiny_train_config(lr0=1e6, max_bad_steps=3, epochs=3, warmup_epochs=0.0, max_loss=max_loss)
+  workdir = tmp_path / 'diverged'
+  with pytest.raises(training.TrainingDiverged, match=expected):
+    training.train_and_evaluate(config, str(workdir), sources=tiny_sources(), class_names=CLASS_NAMES,
+                                show_progress=False)
+  assert not (workdir / 'best').exists() and not (workdir / 'last').exists()
+  assert not (workdir / 'metrics.json').exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prediction and export.
+
+
+@pytest.fixture(scope='module')
+def untrained_checkpoint(tmp_path_factory):
+  """An untrained tiny detector saved as a model checkpoint (what prediction loads; no training needed)."""
+  from configs import base
+  from yolo_osam_jax.data import synthetic_faces
+  config = base.get_config()
+  config.model.width, config.model.depth = 0.125, 0.33
+  config.model.fusion, config.model.attention.kind, config.model.attention.where = 'none', 'none', 'none'
+  config.data.img_size = 64
+  config.data.class_names = list(synthetic_faces.CLASS_NAMES)
+  directory = str(tmp_path_factory.mktemp('untrained') / 'ckpt')
+  checkpoint.save_model(directory, convert.init_variables(config.model), config)
+  return directory
+
+
+def _load_script(name):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f'script_{name}', os.path.join(ROOT, 'scripts', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_predict_into_the_source_folder_never_writes_over_an_input(untrained_checkpoint, tmp_path):
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  originals = {}
+  for i, ext in enumerate(('.jpg', '.png')):
+    assert cv2.imwrite(str(folder / f'p{i}{ext}'), np.full((40, 50, 3), 60 + 40 * i, np.uint8))
+    originals[f'p{i}{ext}'] = (folder / f'p{i}{ext}').read_bytes()
+  script = _load_script('predict')
+  assert script.main(['--checkpoint', untrained_checkpoint, '--source', str(folder), '--out', str(folder),
+                      '--conf-thres', '0.0', '--save', 'images,json']) == 0
+  for name, data in originals.items():
+    assert (folder / name).read_bytes() == data
+  assert sorted(os.listdir(folder)) == ['detections.json', 'p0.jpg', 'p0_pred.jpg', 'p1.png', 'p1_pred.png']
+  assert cv2.imread(str(folder / 'p1_pred.png')).shape == (40, 50, 3)
+
+
+@pytest.mark.parametrize('case', ['file', 'under_a_file'])
+def test_predict_unwritable_out_is_one_line_naming_it(untrained_checkpoint, tmp_path, capsys, case):
+  image = tmp_path / 'a.png'
+  assert cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+  if case == 'file':
+    out = tmp_path / 'taken'
+    out.write_text('x')
+    expected = f'error: {out}: --out is an existing file, not a folder'
+  else:  # a parent that is a file (a read-only folder is no obstacle to root, who runs CI here)
+    (tmp_path / 'plain').write_text('x')
+    out = tmp_path / 'plain' / 'new'
+    expected = f'error: {out}: cannot write (Not a directory)'
+  script = _load_script('predict')
+  assert script.main(['--checkpoint', untrained_checkpoint, '--source', str(image), '--out', str(out)]) == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1] == expected
+
+
+def test_predict_rgb_refuses_float_images(untrained_checkpoint):
+  from yolo_osam_jax import predict
+  recognizer = predict.Recognizer.from_checkpoint(untrained_checkpoint)
+  with pytest.raises(errors.InputError, match=r'images\[1\]: predict_rgb expects uint8 \[H, W, 3\] RGB, got '
+                     r'float64 \(20, 20, 3\)'):
+    recognizer.predict_rgb([np.zeros((20, 20, 3), np.uint8), np.full((20, 20, 3), 0.5)])
+
+
+def test_export_img_zero_is_an_error(untrained_checkpoint, tmp_path, capsys):
+  script = _load_script('export')
+  out = tmp_path / 'm.onnx'
+  assert script.main(['--checkpoint', untrained_checkpoint, '--format', 'onnx', '--img', '0',
+                      '--out', str(out)]) == 2
+  assert capsys.readouterr().err.strip() == ('error: img_size must be a positive multiple of the largest '
+                                             'stride 32, got 0')
+  assert not out.exists()
+
+
+def test_eval_takes_a_run_workdir_as_readme_shows(untrained_checkpoint, tmp_path):
+  import shutil
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  shutil.copy(os.path.join(untrained_checkpoint, 'config.json'), workdir / 'config.json')  # as training writes
+  shutil.copytree(untrained_checkpoint, workdir / 'last')
+  script = _load_script('eval')
+  assert script.resolve_checkpoint_dir(str(workdir)) == str(workdir / 'last')
+  shutil.copytree(untrained_checkpoint, workdir / 'best')
+  assert script.resolve_checkpoint_dir(str(workdir)) == str(workdir / 'best')
+  assert script.resolve_checkpoint_dir(str(workdir / 'best')) == str(workdir / 'best')
+  with pytest.raises(errors.MissingError, match=r'nope: no such checkpoint folder'):
+    script.resolve_checkpoint_dir(str(tmp_path / 'nope'))
+
+
+def test_eval_file_mode_out_in_the_way_is_one_line(tmp_path, capsys):
+  gt = {'images': [{'id': 1, 'width': 10, 'height': 10}], 'categories': [{'id': 1, 'name': 'a'}],
+        'annotations': [{'id': 1, 'image_id': 1, 'category_id': 1, 'bbox': [1, 1, 4, 4], 'area': 16,
+                         'iscrowd': 0}]}
+  (tmp_path / 'gt.json').write_text(json.dumps(gt))
+  (tmp_path / 'dt.json').write_text(json.dumps([{'image_id': 1, 'category_id': 1, 'bbox': [1, 1, 4, 4],
+                                                 'score': 0.9}]))
+  script = _load_script('eval')
+  (tmp_path / 'plain').write_text('x')
+  for out, expected in ((tmp_path, f'error: {tmp_path}: --out is a folder; give a file name for the metrics JSON'),
+                        (tmp_path / 'plain' / 'm.json',
+                         f"error: {tmp_path / 'plain'}: --out's folder is an existing file, not a folder")):
+    assert script.main(['--predictions', str(tmp_path / 'dt.json'), '--ground-truth', str(tmp_path / 'gt.json'),
+                        '--out', str(out)]) == 2
+    assert capsys.readouterr().err.strip() == expected
