@@ -462,3 +462,44 @@ def test_eval_file_mode_out_in_the_way_is_one_line(tmp_path, capsys):
     assert script.main(['--predictions', str(tmp_path / 'dt.json'), '--ground-truth', str(tmp_path / 'gt.json'),
                         '--out', str(out)]) == 2
     assert capsys.readouterr().err.strip() == expected
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dataset builds: oversized images are skipped and reported like unreadable ones.
+
+
+def _png_claiming_size(width, height):
+  """A PNG whose header says width × height (its pixel data is a tiny stand-in: the size check must come
+  from the header, before anything is decoded)."""
+  import struct
+  import zlib
+  ok, small = cv2.imencode('.png', np.zeros((2, 2, 3), np.uint8))
+  data = bytearray(small.tobytes())
+  ihdr = struct.pack('>II', width, height) + bytes(data[24:29])
+  data[16:29] = ihdr
+  data[29:33] = struct.pack('>I', zlib.crc32(b'IHDR' + ihdr) & 0xFFFFFFFF)
+  return bytes(data)
+
+
+@pytest.mark.parametrize('side', [14000, 8193])
+def test_oversized_image_is_skipped_and_reported_with_its_name(side):
+  from yolo_osam_jax.data import common
+  report = common.BuildReport('t')
+  assert common.read_image(_png_claiming_size(side, side), 'images/train/huge.png', report) is None
+  assert report.counts == {'image_too_large': 1}
+  assert report.examples['image_too_large'][0].startswith('images/train/huge.png: ')
+  detail = report.examples['image_too_large'][0]
+  assert f'{side}x{side}' in detail or f'({side * side} pixels)' in detail  # PIL's guard gives the pixels
+  # The limit itself is fine.
+  ok, exact = cv2.imencode('.png', np.zeros((1, 8192, 3), np.uint8))
+  assert common.read_image(exact.tobytes(), 'edge.png', report) is not None
+
+
+def test_build_goes_on_past_an_oversized_image(tmp_path):
+  root = _yolo_folder(tmp_path / 'faces', classes=2)
+  (root / 'images' / 'train' / 'huge.png').write_bytes(_png_claiming_size(14000, 14000))
+  builder = datasets.build('yolo_folder', data_dir=tmp_path / 'tfds', manual_dir=root / 'data.yaml')
+  report = builder.build_report()
+  assert report.counts.get('image_too_large') == 1
+  assert report.examples['image_too_large'][0].startswith('images/train/huge.png: ')  # relative to the yaml
+  assert builder.info.splits['train'].num_examples == 2

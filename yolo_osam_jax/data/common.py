@@ -44,6 +44,7 @@ import tensorflow_datasets as tfds
 REASONS = {
     'empty_file': 'image file has 0 bytes (skipped)',
     'unreadable_image': 'image cannot be decoded (skipped)',
+    'image_too_large': f'image larger than MAX_IMAGE_PIXELS = {8192 * 8192:,} pixels (skipped)',
     'truncated_image': 'image data ends early (skipped)',
     'converted_grayscale': 'grayscale image converted to RGB',
     'converted_rgba': 'alpha channel dropped (as cv2.imread does)',
@@ -59,6 +60,11 @@ REASONS = {
     'empty_label_file': 'label file has no boxes',
     'duplicate_file_name': 'file name seen twice',
 }
+
+# The largest image a build accepts (8192 × 8192): bigger ones are skipped and reported. Face datasets
+# hold far smaller images, and decoding one 14000² image takes 600 MB; PIL's own decompression-bomb guard
+# would otherwise stop the whole build without naming the file.
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 # Re-encoded images are stored as PNG: lossless, so converting does not add a second JPEG loss.
 _PNG_COMPRESSION = 3
@@ -244,6 +250,9 @@ def read_image(source: str | os.PathLike | bytes, where: str,
 
   try:
     with PIL.Image.open(io.BytesIO(data)) as image:
+      if image.width * image.height > MAX_IMAGE_PIXELS:  # known from the header, before decoding
+        report.add('image_too_large', where, f'{image.width}x{image.height}')
+        return None
       image.load()  # decodes every byte; raises on truncation (PIL's LOAD_TRUNCATED_IMAGES is off)
       file_format = image.format
       mode = image.mode
@@ -274,6 +283,9 @@ def read_image(source: str | os.PathLike | bytes, where: str,
       rgb = _to_rgb8_16bit(data) if sixteen_bit else _to_rgb8(image)
   except PIL.UnidentifiedImageError:
     report.add('unreadable_image', where, 'not an image format PIL/OpenCV know')
+    return None
+  except PIL.Image.DecompressionBombError as e:  # PIL refuses to even open it (> 2 × its own limit)
+    report.add('image_too_large', where, str(e).split('.')[0])
     return None
   except (OSError, SyntaxError, ValueError, EOFError) as e:
     message = str(e)
