@@ -503,3 +503,40 @@ def test_build_goes_on_past_an_oversized_image(tmp_path):
   assert report.counts.get('image_too_large') == 1
   assert report.examples['image_too_large'][0].startswith('images/train/huge.png: ')  # relative to the yaml
   assert builder.info.splits['train'].num_examples == 2
+
+
+@pytest.mark.slow
+def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+  """results.csv of epoch 2 hits a full disk: the run ends with one line naming the file; epoch 1's
+  results.csv, best/ and train-state checkpoint are intact and the run resumes from them."""
+  import errno
+  from test_train import CLASS_NAMES, tiny_sources
+  from yolo_osam_jax import training
+  from yolo_osam_jax.training import loop
+  workdir = tmp_path / 'run'
+  real_replace = os.replace
+  calls = {'csv': 0}
+
+  def replace(src, dst):
+    if os.path.basename(dst) == 'results.csv':
+      calls['csv'] += 1
+      if calls['csv'] == 2:
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    return real_replace(src, dst)
+
+  monkeypatch.setattr(loop.os, 'replace', replace)
+  sources = tiny_sources()
+
+  def run(argv):
+    training.train_and_evaluate(_tiny_train_config(), str(workdir), sources=sources, class_names=CLASS_NAMES,
+                                show_progress=False, resume='--resume' in argv)
+    return 0
+
+  assert errors.run_main(run, []) == errors.USER_ERROR_STATUS
+  assert capsys.readouterr().err == f"error: no space left on device while writing {workdir / 'results.csv'}\n"
+  assert (workdir / 'results.csv').read_text().count('\n') == 2  # header + epoch 1
+  assert not (workdir / 'results.csv.tmp').exists()
+  checkpoint.load_model(str(workdir / 'best'))
+  monkeypatch.undo()
+  assert errors.run_main(run, ['--resume']) == 0
+  assert (workdir / 'results.csv').read_text().count('\n') == 3

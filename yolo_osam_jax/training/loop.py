@@ -28,6 +28,7 @@ compared to training); only process 0 writes files.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import math
@@ -178,19 +179,34 @@ def _write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
   for row in rows:
     fields.extend(k for k in row if k not in fields)
   tmp = path + '.tmp'
-  with open(tmp, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=fields, restval='')
-    writer.writeheader()
-    for row in rows:
-      writer.writerow(row)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=fields, restval='')
+      writer.writeheader()
+      for row in rows:
+        writer.writerow(row)
+    os.replace(tmp, path)
+  except OSError as e:  # e.g. a full disk: the previous file is still whole
+    _discard(tmp)
+    raise errors.output_error(path, e) from e
 
 
 def _write_json(path: str, data) -> None:
   tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+  except OSError as e:
+    _discard(tmp)
+    raise errors.output_error(path, e) from e
+
+
+def _discard(path: str) -> None:
+  try:
+    os.remove(path)
+  except OSError:
+    pass
 
 
 class _Writer:
@@ -278,11 +294,18 @@ def _save_checkpoint(manager, state, iterator, progress) -> None:
   iterator_state = iterator.get_state()
   if isinstance(iterator_state, bytes):
     iterator_state = iterator_state.decode('utf-8')
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave({'iterator': iterator_state}),
-      progress=ocp.args.JsonSave(progress)), force=True)
-  manager.wait_until_finished()
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave({'iterator': iterator_state}),
+        progress=ocp.args.JsonSave(progress)), force=True)
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001 - orbax/tensorstore wrap the OS error in their own types
+    if getattr(e, 'errno', None) == errno.ENOSPC or 'No space left on device' in str(e):
+      # orbax writes into a temporary folder first: the earlier checkpoints are intact.
+      raise errors.OutputError(f'no space left on device while writing {manager.directory}/{step}; '
+                               'the earlier checkpoints are intact') from e
+    raise
 
 
 def _restore_checkpoint(manager, state, iterator) -> tuple[Any, dict]:
@@ -609,9 +632,12 @@ def _finish(config, workdir, evaluator, sources, progress, is_main) -> dict:
     table = evaluation.format_table(results)
     log.info('test split, best weights (epoch %d):\n%s', out['best_epoch'], table)
     if is_main:
-      with open(os.path.join(workdir, 'test_metrics.txt'), 'w') as f:
-        f.write(table + '\n')
-      evaluation.save_plots(results, workdir)
+      try:
+        with open(os.path.join(workdir, 'test_metrics.txt'), 'w') as f:
+          f.write(table + '\n')
+        evaluation.save_plots(results, workdir)
+      except OSError as e:
+        raise errors.output_error(e.filename or workdir, e) from e
   if is_main:
     _write_json(os.path.join(workdir, METRICS_JSON), out)
   return out
