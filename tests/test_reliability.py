@@ -540,3 +540,76 @@ def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp
   monkeypatch.undo()
   assert errors.run_main(run, ['--resume']) == 0
   assert (workdir / 'results.csv').read_text().count('\n') == 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# Unclear messages made clear: each names the file and the line or field.
+
+
+def test_non_utf8_label_file_names_file_and_line(tmp_path):
+  root = _yolo_folder(tmp_path / 'faces', classes=2)
+  label = root / 'labels' / 'train' / '1.txt'
+  label.write_bytes(b'1 0.5 0.5 0.5 0.5\n0 0.5 0.5 0.2 0.2 \xe9t\xe9\n')
+  with pytest.raises(errors.InputError) as info:
+    datasets.build('yolo_folder', data_dir=tmp_path / 'tfds', manual_dir=root / 'data.yaml')
+  assert str(info.value) == f'{label}:2: not UTF-8 text (byte 0xe9 at offset 36); save the label file as UTF-8'
+
+
+def test_non_utf8_json_is_named(tmp_path):
+  from yolo_osam_jax.evaluation import coco
+  path = tmp_path / 'gt.json'
+  path.write_bytes(b'{"images": ["\xff"]}')
+  with pytest.raises(errors.InputError, match=r'ground truth file .*gt\.json: not UTF-8 text \(byte offset 13\)'):
+    coco.load_json(str(path), 'ground truth')
+
+
+def test_fer2013_unterminated_quote_names_the_line(tmp_path):
+  from yolo_osam_jax.data import fer2013
+  pixels = ' '.join(['7'] * 48 * 48)
+  path = tmp_path / 'fer2013.csv'
+  path.write_text(f'emotion,pixels,Usage\n0,{pixels},Training\n3,"{pixels},Training\n'
+                  + f'1,{pixels},PublicTest\n' * 60)
+  with pytest.raises(errors.InputError, match=r'^fer2013\.csv:3: field larger than field limit \(131072\); the '
+                     'row starting here has an unterminated quote'):
+    fer2013.read_csv(path)
+
+
+def test_data_yaml_nc_not_an_integer(tmp_path):
+  from yolo_osam_jax.data import yolo_folder
+  path = tmp_path / 'data.yaml'
+  path.write_text('train: images\nnc: three\nnames: [a, b, c]\n')
+  with pytest.raises(errors.InputError) as info:
+    yolo_folder.read_data_yaml(path)
+  assert str(info.value) == f"{path}: field nc: 'three' is not an integer (the number of classes)"
+
+
+def test_missing_or_unprepared_data_dir_says_so(tmp_path):
+  from yolo_osam_jax.data import pipeline
+  missing = tmp_path / 'nowhere'
+  with pytest.raises(errors.MissingError) as info:
+    pipeline.open_tfds_source('synthetic_faces', 'train', str(missing), 'demo')
+  assert str(info.value).startswith(f'data_dir {missing} does not exist; prepare synthetic_faces/demo there '
+                                    'with `python scripts/prepare_data.py --dataset synthetic_faces --config demo')
+  with pytest.raises(errors.MissingError) as info:
+    pipeline.open_tfds_source('synthetic_faces', 'train', str(tmp_path), 'demo')
+  assert str(info.value).startswith(f'synthetic_faces/demo is not prepared in {tmp_path} (no '
+                                    f'{tmp_path}/synthetic_faces/demo/<version>/)')
+  assert 'TFRECORD' not in str(info.value) and 'already prepared' not in str(info.value)
+
+
+@pytest.mark.parametrize('case', ['all_unreadable', 'empty'])
+def test_split_without_usable_images_is_named_with_the_reason(tmp_path, case):
+  root = _yolo_folder(tmp_path / 'faces', classes=2)
+  for image in (root / 'images' / 'train').iterdir():
+    if case == 'all_unreadable':
+      image.write_bytes(b'not an image')
+    else:
+      image.unlink()
+  with pytest.raises(errors.InputError) as info:
+    datasets.build('yolo_folder', data_dir=tmp_path / 'tfds', manual_dir=root / 'data.yaml')
+  if case == 'all_unreadable':
+    assert str(info.value) == ("yolo_folder/faces: split 'train' has no usable images — skipped: unreadable_image "
+                               '2 (first: images/train/0.png: not an image format PIL/OpenCV know)')
+  else:
+    assert str(info.value) == "yolo_folder/faces: split 'train' has no usable images (no images found for it)"
+  assert not (tmp_path / 'tfds' / 'yolo_folder' / 'faces' / '1.0.0').exists()  # no half-built dataset

@@ -114,3 +114,20 @@ def script_main(main: Callable[[list[str]], int]) -> Callable[..., int]:
 
   wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = main.__name__, main.__doc__, main
   return wrapped
+
+
+def read_text(path: str | os.PathLike, what: str = 'text file') -> str:
+  """The UTF-8 text of `path` (a leading byte-order mark removed); bytes that are not UTF-8 raise
+  InputError naming the file and the line, instead of a bare UnicodeDecodeError."""
+  path = os.fspath(path)
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except FileNotFoundError:
+    raise MissingError(f'{path}: no such {what}') from None
+  try:
+    return data.decode('utf-8').removeprefix('\ufeff')
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b'\n') + 1
+    raise InputError(f'{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); '
+                     f'save the {what} as UTF-8') from None

@@ -32,6 +32,7 @@ import inspect
 import io
 import json
 import os
+import re
 from typing import Any, Iterable, Sequence
 
 import cv2
@@ -39,6 +40,8 @@ import numpy as np
 from etils import epath
 import PIL.Image
 import tensorflow_datasets as tfds
+
+from yolo_osam_jax import errors
 
 # Reasons a builder records. Builders may record other reasons too; these have fixed meanings.
 REASONS = {
@@ -191,7 +194,7 @@ def _to_rgb8_16bit(data: bytes) -> np.ndarray:
   """A 16-bit image as 8-bit RGB; v * 257 maps back to v exactly (65535 -> 255)."""
   array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
   if array is None:
-    raise ValueError('OpenCV cannot decode the 16-bit image')
+    raise errors.InputError('OpenCV cannot decode the 16-bit image')
   if array.ndim == 2:
     array = array[..., None]
   if array.shape[-1] in (3, 4):
@@ -219,7 +222,7 @@ def _to_rgb8(image: PIL.Image.Image) -> np.ndarray:
   elif mode in ('I', 'F'):
     values = np.asarray(image)
     if values.min() < 0 or values.max() > 255:
-      raise ValueError(f'image mode {mode} with values outside 0..255')
+      raise errors.InputError(f'image mode {mode} with values outside 0..255')
     array = values.astype(np.uint8)[..., None]
   else:  # RGB, P, CMYK, YCbCr, LAB, HSV: PIL knows the conversion (incl. Adobe inverted CMYK)
     array = np.asarray(image.convert('RGB'))
@@ -322,22 +325,22 @@ def boxes_to_bbox(boxes_xyxy: np.ndarray | Sequence, labels: np.ndarray | Sequen
   boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
   labels = np.asarray(labels).reshape(-1)
   if len(labels) != len(boxes):
-    raise ValueError(f'{where}: {len(boxes)} boxes but {len(labels)} labels')
+    raise errors.InputError(f'{where}: {len(boxes)} boxes but {len(labels)} labels')
   places = [where] * len(boxes) if isinstance(where, str) else list(where)
   if len(places) != len(boxes):
-    raise ValueError(f'{len(places)} locations given for {len(boxes)} boxes')
+    raise errors.InputError(f'{len(places)} locations given for {len(boxes)} boxes')
   if height <= 0 or width <= 0:
-    raise ValueError(f'{where}: image size {height}x{width} is empty')
+    raise errors.InputError(f'{where}: image size {height}x{width} is empty')
 
   kept_boxes, kept_labels = [], []
   for box, label, place in zip(boxes, labels, places):
     if not np.all(np.isfinite(box)):
-      raise ValueError(f'{place}: box {box.tolist()} has a NaN or infinite coordinate')
+      raise errors.InputError(f'{place}: box {box.tolist()} has a NaN or infinite coordinate')
     if not float(label).is_integer() or not 0 <= int(label) < num_classes:
-      raise ValueError(f'{place}: class {label} is outside 0..{num_classes - 1}')
+      raise errors.InputError(f'{place}: class {label} is outside 0..{num_classes - 1}')
     x0, y0, x1, y1 = box
     if x1 < x0 or y1 < y0:
-      raise ValueError(f'{place}: box {box.tolist()} has max < min (expected x_min y_min x_max y_max)')
+      raise errors.InputError(f'{place}: box {box.tolist()} has max < min (expected x_min y_min x_max y_max)')
     clipped = np.array([np.clip(x0, 0, width), np.clip(y0, 0, height),
                         np.clip(x1, 0, width), np.clip(y1, 0, height)])
     if np.max(np.abs(clipped - box)) > tolerance:
@@ -410,7 +413,18 @@ class DetectionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     self._report = None  # a fresh report per build
-    super()._download_and_prepare(dl_manager, download_config)
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    except AssertionError as e:
+      match = re.search(r'split "([^"]+)": No examples were yielded', str(e))
+      if not match:
+        raise
+      # TFDS's words name neither the source nor why: say which split came out empty and what was skipped.
+      skipped = '; '.join(f'{reason} {n} (first: {self.report.examples[reason][0]})'
+                          for reason, n in sorted(self.report.counts.items()) if self.report.examples[reason])
+      raise errors.InputError(
+          f'{self.report.dataset}: split {match.group(1)!r} has no usable images'
+          f'{" — skipped: " + skipped if skipped else " (no images found for it)"}') from None
     # All splits have been generated; the base class writes dataset info (and metadata) after this.
     report = self.report
     if self.info.metadata is not None:
