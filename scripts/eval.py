@@ -90,6 +90,7 @@ def evaluate_checkpoint(config_path: str, checkpoint_dir: str, split: str, out_d
   config = config_utils.load_config(config_path, overrides)
   saved_config, variables = checkpoint.load_model(checkpoint_dir)
   config.model = saved_config.model
+  loop.check_img_size(config)
   source = pipeline.open_tfds_source(config.data.dataset, split, config.data.data_dir or None,
                                      config.data.builder_config or None)
   names = loop.source_class_names(source)

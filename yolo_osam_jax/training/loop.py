@@ -98,8 +98,8 @@ def resolve_workdir(config, workdir: str | None = None, resume: bool = False,
   existing = sorted(int(d) for d in os.listdir(base) if d.isdigit()) if os.path.isdir(base) else []
   if resume:
     if not existing:
-      raise FileNotFoundError(f"--resume: no run of {config.name!r} under {base}/ to resume; pass "
-                              "--workdir of the run")
+      raise errors.MissingError(f"--resume: no run of {config.name!r} under {base}/ to resume; pass "
+                                "--workdir of the run")
     return os.path.abspath(os.path.join(base, str(existing[-1])))
   return os.path.abspath(os.path.join(base, str(existing[-1] + 1 if existing else 1)))
 
@@ -163,8 +163,8 @@ def transfer_weights(variables, pretrained) -> tuple[dict, int, int]:
         transferred += 1
     out[collection] = traverse_util.unflatten_dict(ours)
   if transferred == 0:
-    raise ValueError('train.init_from: no tensor of the checkpoint matches the model (different '
-                     'architecture?)')
+    raise errors.InputError('train.init_from: no tensor of the checkpoint matches the model (different '
+                            'architecture?)')
   return out, transferred, total
 
 
@@ -311,12 +311,17 @@ def _save_checkpoint(manager, state, iterator, progress) -> None:
 def _restore_checkpoint(manager, state, iterator) -> tuple[Any, dict]:
   step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f"--resume: no checkpoint in {manager.directory}")
+    raise errors.MissingError(f"--resume: no checkpoint in {manager.directory}")
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
       progress=ocp.args.JsonRestore()))
+  restored_state = restored['state']
+  for name in ('params', 'batch_stats', 'ema_params', 'ema_batch_stats'):
+    # Saves refuse NaN/Inf; a value that changed on disk since is named here instead of training on it.
+    checkpoint.check_finite(step_lib.to_host(getattr(restored_state, name)),
+                            f'{manager.directory}/{step}/state: {name}')
   iterator.set_state(restored['data']['iterator'].encode('utf-8'))
   log.info('resumed from %s/%d (epoch %d, step %d of the epoch)', manager.directory, step,
            restored['progress']['epoch'], restored['progress']['step_in_epoch'])
@@ -377,16 +382,16 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str |
   sources = dict(sources) if sources is not None else open_sources(config)
   for role in ('train', 'validation'):
     if role not in sources:
-      raise ValueError(f"training needs a {role!r} split (config.data.{'train' if role == 'train' else 'val'}"
-                       "_split)")
+      raise errors.InputError(f"training needs a {role!r} split (config.data.{'train' if role == 'train' else 'val'}"
+                              "_split)")
   if class_names is None:
     class_names = source_class_names(sources['train'])
   if class_names is None:
     raise ValueError('class_names are needed when the sources carry no TFDS dataset info')
   class_names = list(class_names)
   if len(class_names) != int(config.model.num_classes):
-    raise ValueError(f"config.model.num_classes = {config.model.num_classes} but the dataset has "
-                     f"{len(class_names)} classes ({', '.join(class_names)})")
+    raise errors.InputError(f"config.model.num_classes = {config.model.num_classes} but the dataset has "
+                            f"{len(class_names)} classes ({', '.join(class_names)})")
   # Checkpoints carry the names, so prediction and export never need the dataset (predict.class_names_of).
   with config.unlocked():
     config.data.class_names = class_names
@@ -400,9 +405,9 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str |
       shard_index=shard_index, shard_count=shard_count)
   steps_per_epoch = steps_per_epoch_of(len(sources['train']), global_batch, shard_count)
   if steps_per_epoch < 1:
-    raise ValueError(f"{len(sources['train'])} training images give no full batch of {global_batch}")
+    raise errors.InputError(f"{len(sources['train'])} training images give no full batch of {global_batch}")
   if global_batch % mesh.devices.size:
-    raise ValueError(f"data.batch_size {global_batch} is not divisible by the {mesh.devices.size} devices")
+    raise errors.InputError(f"data.batch_size {global_batch} is not divisible by the {mesh.devices.size} devices")
   epochs = int(config.train.epochs)
 
   # Pretrained weights and anchors, then AutoAnchor (fresh runs only: a resumed run keeps its anchors).
