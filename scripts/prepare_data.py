@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import _bootstrap  # noqa: F401
+
 from yolo_osam_jax import data as datasets
 from yolo_osam_jax import errors
 from yolo_osam_jax.data import common

@@ -613,3 +613,12 @@ def test_split_without_usable_images_is_named_with_the_reason(tmp_path, case):
   else:
     assert str(info.value) == "yolo_folder/faces: split 'train' has no usable images (no images found for it)"
   assert not (tmp_path / 'tfds' / 'yolo_folder' / 'faces' / '1.0.0').exists()  # no half-built dataset
+
+
+def test_broken_checkpoint_metadata_is_named(tmp_path):
+  directory = str(tmp_path / 'ckpt')
+  checkpoint.save_model(directory, _variables(1.0), _config())
+  with open(os.path.join(directory, 'variables', '_METADATA'), 'w') as f:
+    f.write('{broken')
+  with pytest.raises(errors.InputError, match=rf'^{directory}/variables: unreadable model checkpoint \('):
+    checkpoint.load_model(directory)
