@@ -622,3 +622,22 @@ def test_broken_checkpoint_metadata_is_named(tmp_path):
     f.write('{broken')
   with pytest.raises(errors.InputError, match=rf'^{directory}/variables: unreadable model checkpoint \('):
     checkpoint.load_model(directory)
+
+
+def test_empty_manual_dir_is_one_line_with_the_instructions(tmp_path):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with pytest.raises(errors.MissingError) as info:
+    datasets.build('rafdb_basic', data_dir=tmp_path / 'tfds', manual_dir=empty, config='original')
+  message = str(info.value)
+  assert message.startswith(f'{empty}: missing or empty; rafdb_basic needs the files you downloaded there. '
+                            'Request RAF-DB from its authors')
+  assert '\n' not in message
+
+
+def test_builder_construction_error_loses_the_tfds_prefix(tmp_path):
+  root = _yolo_folder(tmp_path / 'faces', classes=2)
+  (root / 'data.yaml').write_text('path: .\ntrain: images/train\nval: images/val\nnc: two\nnames: [a, b]\n')
+  with pytest.raises(errors.InputError) as info:
+    datasets.build('yolo_folder', data_dir=tmp_path / 'tfds', manual_dir=root / 'data.yaml')
+  assert str(info.value) == f"{root / 'data.yaml'}: field nc: 'two' is not an integer (the number of classes)"

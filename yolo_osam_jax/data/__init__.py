@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 
 import tensorflow_datasets as tfds
@@ -38,10 +39,17 @@ def _data_dir(data_dir: str | os.PathLike | None) -> str | None:
 def get_builder(name: str, data_dir: str | os.PathLike | None = None, config: str | None = None,
                 **kwargs) -> tfds.core.DatasetBuilder:
   """The builder of dataset `name` (config `config`); kwargs go to the builder's constructor."""
+  from yolo_osam_jax import errors  # pylint: disable=g-import-not-at-top
   import_builder(name)
   if config:
     kwargs['config'] = config
-  return tfds.builder(name, data_dir=_data_dir(data_dir), **kwargs)
+  try:
+    return tfds.builder(name, data_dir=_data_dir(data_dir), **kwargs)
+  except errors.UserError as e:
+    # TFDS re-raises with 'Failed to construct dataset "<name>", builder_kwargs "{...}": ' in front.
+    message = re.sub(r'^Failed to construct dataset "[^"]*", builder_kwargs "\{.*?\}": ', '', str(e),
+                     flags=re.DOTALL)
+    raise type(e)(message) from None
 
 
 def build(name: str, data_dir: str | os.PathLike | None = None,
@@ -74,10 +82,15 @@ def build(name: str, data_dir: str | os.PathLike | None = None,
       builder.reused = True
       return builder
     if not rebuild:
-      raise errors.InputError(
-          f'{data_path} holds {builder.info.full_name} built from {source_fingerprint.describe(stored)}, '
-          f'not from {source_fingerprint.describe(fingerprint)} as it is now: rebuild it with '
-          f'`prepare_data.py ... --rebuild` (or use another --data_dir)')
+      if stored is not None and stored.get('source') == fingerprint['source']:
+        what = (f"from {fingerprint['source']}, whose files have changed since ({stored.get('files')} files, "
+                f"{stored.get('bytes')} bytes then; {fingerprint['files']} files, {fingerprint['bytes']} bytes "
+                'now, or other modification times)')
+      else:
+        what = (f'from {source_fingerprint.describe(stored)}, not from '
+                f'{source_fingerprint.describe(fingerprint)}')
+      raise errors.InputError(f'{data_path} holds {builder.info.full_name} built {what}: rebuild it with '
+                              '`prepare_data.py ... --rebuild` (or use another --data_dir)')
     # The old build is moved aside, not deleted, until the new one has succeeded.
     aside = f'{data_path}.old-{os.getpid()}'
     os.rename(data_path, aside)
@@ -87,9 +100,14 @@ def build(name: str, data_dir: str | os.PathLike | None = None,
       manual_dir=os.path.expanduser(os.fspath(manual_dir)) if manual_dir else None)
   try:
     builder.download_and_prepare(file_format='array_record', download_config=download_config)
-  except BaseException:
+  except BaseException as e:
     if aside is not None and not os.path.exists(data_path):
       os.rename(aside, data_path)
+    if isinstance(e, AssertionError) and str(e).startswith('Manual directory'):
+      # TFDS's several lines of instructions, said in one.
+      instructions = ' '.join(str(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', '')).split())
+      raise errors.MissingError(f'{manual_dir or "--manual_dir"}: missing or empty; {name} needs the files '
+                                f'you downloaded there. {instructions}') from None
     raise
   if aside is not None:
     shutil.rmtree(aside)
