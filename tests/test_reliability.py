@@ -80,6 +80,10 @@ def test_save_model_without_atomic_swap_falls_back_to_the_moved_copy(tmp_path, m
   assert not os.path.exists(directory)
   _, variables = checkpoint.load_model(directory)
   np.testing.assert_array_equal(variables['params']['conv']['kernel'], np.full((3, 3), 1.0))
+  # The next save puts a checkpoint back in place and clears the fallback copy and the staging folder.
+  checkpoint.save_model(directory, _variables(3.0), _config())
+  assert os.listdir(tmp_path) == ['best']
+  np.testing.assert_array_equal(checkpoint.load_model(directory)[1]['params']['conv']['kernel'], 3.0)
 
 
 def test_reader_during_a_replace_sees_old_or_new_never_neither(tmp_path):

@@ -56,6 +56,13 @@ def save_model(directory: str, variables, config: ml_collections.ConfigDict) -> 
   """
   directory = os.path.abspath(directory)
   parent, name = os.path.split(directory)
+  # Leftovers of a save killed midway (one writer per folder: training holds its workdir's lock). An
+  # `.old-*` copy is only a leftover while `directory` itself exists; otherwise it is the checkpoint.
+  leftovers = glob.glob(os.path.join(parent, f'.{name}.saving-*'))
+  if os.path.isdir(directory):
+    leftovers += glob.glob(os.path.join(parent, f'.{name}.old-*'))
+  for leftover in leftovers:
+    shutil.rmtree(leftover, ignore_errors=True)
   try:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f'.{name}.saving-', dir=parent)
@@ -71,6 +78,8 @@ def save_model(directory: str, variables, config: ml_collections.ConfigDict) -> 
       f.write(config.to_json_best_effort(indent=2))
     if not os.path.exists(directory):
       os.rename(staging, directory)
+      for leftover in glob.glob(os.path.join(parent, f'.{name}.old-*')):  # superseded fallback copies
+        shutil.rmtree(leftover, ignore_errors=True)
     elif _exchange(staging, directory):
       shutil.rmtree(staging)  # now the old checkpoint
     else:
