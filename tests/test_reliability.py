@@ -645,3 +645,9 @@ def test_builder_construction_error_loses_the_tfds_prefix(tmp_path):
   with pytest.raises(errors.InputError) as info:
     datasets.build('yolo_folder', data_dir=tmp_path / 'tfds', manual_dir=root / 'data.yaml')
   assert str(info.value) == f"{root / 'data.yaml'}: field nc: 'two' is not an integer (the number of classes)"
+
+
+def test_data_dir_inside_the_source_folder_does_not_change_its_fingerprint(tmp_path):
+  root = _yolo_folder(tmp_path / 'faces', classes=2)
+  datasets.build('yolo_folder', data_dir=root / 'tfds', manual_dir=root / 'data.yaml')
+  assert datasets.build('yolo_folder', data_dir=root / 'tfds', manual_dir=root / 'data.yaml').reused is True

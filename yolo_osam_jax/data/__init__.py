@@ -72,7 +72,7 @@ def build(name: str, data_dir: str | os.PathLike | None = None,
     # e.g. yolo_folder: its class names come from the data.yaml in manual_dir.
     kwargs['manual_dir'] = manual_dir
   builder = get_builder(name, data_dir=data_dir, config=config, **kwargs)
-  fingerprint = source_fingerprint.compute(manual_dir)
+  fingerprint = source_fingerprint.compute(manual_dir, exclude=builder.data_dir_root)
   data_path = os.fspath(builder.data_path)
   aside = None
   if os.path.isdir(data_path):

@@ -18,15 +18,21 @@ from typing import Any
 FILE_NAME = 'source_fingerprint.json'
 
 
-def compute(manual_dir: str | os.PathLike | None) -> dict[str, Any] | None:
-  """{'source', 'files', 'bytes', 'digest'} of `manual_dir` (None when there is none)."""
+def compute(manual_dir: str | os.PathLike | None,
+            exclude: str | os.PathLike | None = None) -> dict[str, Any] | None:
+  """{'source', 'files', 'bytes', 'digest'} of `manual_dir` (None when there is none).
+
+  `exclude`: a folder left out of the listing (the data_dir, when it lies inside the source folder: the
+  build's own output must not change its source's fingerprint).
+  """
   if not manual_dir:
     return None
   source = os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
   root = os.path.dirname(source) if os.path.isfile(source) else source
+  excluded = os.path.abspath(os.path.expanduser(os.fspath(exclude))) if exclude else None
   entries = []
   for folder, dirs, names in os.walk(root):
-    dirs.sort()
+    dirs[:] = sorted(d for d in dirs if os.path.join(folder, d) != excluded)
     for name in sorted(names):
       path = os.path.join(folder, name)
       try:
