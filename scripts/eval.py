@@ -87,6 +87,8 @@ def evaluate_checkpoint(config_path: str, checkpoint_dir: str, split: str, out_d
   from yolo_osam_jax.training import loop
 
   checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir)
+  if out_dir:  # before the evaluation, not after it
+    errors.check_output_dir(out_dir, '--out')
   config = config_utils.load_config(config_path, overrides)
   saved_config, variables = checkpoint.load_model(checkpoint_dir)
   config.model = saved_config.model

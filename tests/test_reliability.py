@@ -593,7 +593,7 @@ def test_missing_or_unprepared_data_dir_says_so(tmp_path):
   with pytest.raises(errors.MissingError) as info:
     pipeline.open_tfds_source('synthetic_faces', 'train', str(missing), 'demo')
   assert str(info.value).startswith(f'data_dir {missing} does not exist; prepare synthetic_faces/demo there '
-                                    'with `python scripts/prepare_data.py --dataset synthetic_faces --config demo')
+                                    'with `python scripts/prepare_data.py --dataset synthetic_faces --config demo --data_dir ')
   with pytest.raises(errors.MissingError) as info:
     pipeline.open_tfds_source('synthetic_faces', 'train', str(tmp_path), 'demo')
   assert str(info.value).startswith(f'synthetic_faces/demo is not prepared in {tmp_path} (no '
@@ -651,3 +651,13 @@ def test_data_dir_inside_the_source_folder_does_not_change_its_fingerprint(tmp_p
   root = _yolo_folder(tmp_path / 'faces', classes=2)
   datasets.build('yolo_folder', data_dir=root / 'tfds', manual_dir=root / 'data.yaml')
   assert datasets.build('yolo_folder', data_dir=root / 'tfds', manual_dir=root / 'data.yaml').reused is True
+
+
+def test_prepare_hint_asks_for_manual_dir_only_where_needed(tmp_path):
+  from yolo_osam_jax.data import pipeline
+  with pytest.raises(errors.MissingError) as synthetic:
+    pipeline.open_tfds_source('synthetic_faces', 'train', str(tmp_path), 'demo')
+  assert str(synthetic.value).endswith(f'--config demo --data_dir {tmp_path}`')
+  with pytest.raises(errors.MissingError) as rafdb:
+    pipeline.open_tfds_source('rafdb_basic', 'train', str(tmp_path), 'original')
+  assert str(rafdb.value).endswith(f'--config original --data_dir {tmp_path} --manual_dir PATH`')

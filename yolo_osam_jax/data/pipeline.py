@@ -64,8 +64,13 @@ def open_tfds_source(name: str, split: str, data_dir: str | None = None,
     registry.import_builder(name)
   full_name = f'{name}/{builder_config}' if builder_config else name
   root = os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
+  try:
+    needs_files = bool(getattr(tfds.builder_cls(name), 'MANUAL_DOWNLOAD_INSTRUCTIONS', None))
+  except Exception:  # noqa: BLE001 - a dataset TFDS does not know: say what the others need
+    needs_files = True
   build_hint = (f"`python scripts/prepare_data.py --dataset {name}"
-                f"{' --config ' + builder_config if builder_config else ''} --data_dir {root} --manual_dir PATH`")
+                f"{' --config ' + builder_config if builder_config else ''} --data_dir {root}"
+                f"{' --manual_dir PATH' if needs_files else ''}`")
   if not os.path.isdir(root):
     raise errors.MissingError(f"data_dir {root} does not exist; prepare {full_name} there with {build_hint}")
   folder = os.path.join(root, name, *([builder_config] if builder_config else []))
