@@ -574,8 +574,9 @@ def check_img_size(config) -> None:
   module = models.build(config.model)
   stride = max(module.layers[s].stride for s in module.layers[-1].sources)
   if not isinstance(img_size, int) or img_size <= 0 or img_size % stride:
+    nearest = max(stride, round(int(img_size or 0) / stride) * stride) if isinstance(img_size, int) else 128
     raise errors.InputError(f'config.data.img_size = {img_size!r}: must be a positive multiple of the '
-                            f'largest stride {stride} (e.g. {max(stride, round(int(img_size or 0) / stride) * stride)})')
+                            f'largest stride {stride} (e.g. {nearest})')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None, *,
