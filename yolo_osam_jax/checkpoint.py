@@ -113,7 +113,7 @@ def read_config_json(directory: str, what: str = 'a model checkpoint') -> ml_col
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(path):
     if not os.path.isdir(directory):
-      raise errors.MissingError(f'{directory}: no such folder ({what} was expected)')
+      raise errors.MissingError(f'{directory}: not {what} (no such folder)')
     raise errors.MissingError(f'{path}: not found; {directory} is not {what} (no {CONFIG_FILE})')
   try:
     with open(path, encoding='utf-8') as f:
