@@ -202,6 +202,7 @@ def test_override_without_equals_sign_is_one_clear_line():
     config_utils.split_config_args(['--config', 'c.py', '--config.train.epochs', '1'])
 
 
+@pytest.mark.slow  # starts fresh interpreters; the same errors and run_main are also tested in-process
 def test_script_user_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
   args = ('--config', os.path.join(ROOT, 'configs', 'demo.py'), '--workdir', str(tmp_path / 'w'),
           '--config.train.epochs', '1')
@@ -328,6 +329,7 @@ def test_img_size_not_a_multiple_of_the_stride_is_refused_up_front(tmp_path):
   assert sorted(os.listdir(tmp_path / 'run')) == ['train.lock']
 
 
+@pytest.mark.slow  # starts fresh interpreters; the same errors and run_main are also tested in-process
 def test_train_script_refuses_an_existing_run_in_one_line(tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()
