@@ -105,6 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
       'init_from': '',                    # converted orbax checkpoint to start from
       'freeze': 0,                        # freeze the first k layers (published layer indices)
       'max_bad_steps': 10,                # consecutive NaN/Inf steps before training stops
+      'max_loss': 1e4,                    # a per-image loss above this counts as a NaN step (0 = off)
       'log_every': 10,
       'checkpoint_every_steps': 0,        # also checkpoint every n steps inside an epoch (0 = epoch ends)
       'keep_checkpoints': 2,              # train-state checkpoints kept in <workdir>/checkpoints

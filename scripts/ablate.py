@@ -46,11 +46,13 @@ from configs import ablations
 from configs import base
 from yolo_osam_jax import ablation
 from yolo_osam_jax import config_utils
+from yolo_osam_jax import errors
 
 BASE_CONFIG = 'configs/base.py'
 SMOKE_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 
 
+@errors.script_main
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = config_utils.split_config_args(argv)
@@ -103,4 +105,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  status = main()
+  sys.exit(status if isinstance(status, int) else 0)  # main returns the run's results to in-process callers

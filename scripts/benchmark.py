@@ -17,7 +17,7 @@ import sys
 import _bootstrap  # noqa: F401
 
 from configs import base
-from yolo_osam_jax import benchmarking
+from yolo_osam_jax import benchmarking, errors
 
 SECTIONS = ('infer', 'train', 'data', 'eval')
 COLUMNS = {
@@ -50,6 +50,7 @@ def run_section(name: str, smoke: bool) -> list[dict]:
   raise ValueError(f'unknown section {name!r}; choose from {SECTIONS}')
 
 
+@errors.script_main
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('sections', nargs='*', metavar='SECTION', help=f'any of {SECTIONS} (default: all)')
@@ -72,4 +73,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  status = main()
+  sys.exit(status if isinstance(status, int) else 0)  # main returns the rows to in-process callers

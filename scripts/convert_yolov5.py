@@ -12,9 +12,10 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from yolo_osam_jax import checkpoint, config_utils, convert
+from yolo_osam_jax import checkpoint, config_utils, convert, errors
 
 
+@errors.script_main
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = config_utils.split_config_args(argv)
@@ -30,7 +31,8 @@ def main(argv=None):
   variables = convert.from_yolov5_state_dict(state_dict, config.model)
   out = checkpoint.save_model(args.out, variables, config)
   print(f'wrote {out} ({sum(1 for k in state_dict if not k.endswith("num_batches_tracked"))} tensors)')
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

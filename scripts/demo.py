@@ -26,7 +26,7 @@ import _bootstrap  # noqa: F401
 import cv2
 import numpy as np
 
-from yolo_osam_jax import config_utils, visualize
+from yolo_osam_jax import config_utils, errors, visualize
 
 
 def draw(image, gt_boxes, gt_classes, boxes, scores, classes, class_names, scale: int = 2):
@@ -75,6 +75,7 @@ def prediction_mosaic(checkpoint_dir: str, config, source, class_names, path: st
   return path
 
 
+@errors.script_main
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = config_utils.split_config_args(argv)

@@ -21,7 +21,7 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from yolo_osam_jax import config_utils
+from yolo_osam_jax import config_utils, errors
 from yolo_osam_jax.evaluation import coco as coco_lib
 from yolo_osam_jax.evaluation import significance
 from yolo_osam_jax.evaluation import yolov5 as yolov5_lib
@@ -63,10 +63,14 @@ def format_file_metrics(metrics: dict, mode: str) -> str:
 def resolve_checkpoint_dir(path: str) -> str:
   """A model checkpoint directory, or a training run's workdir (its best/ weights, else last/)."""
   from yolo_osam_jax import checkpoint
+  if not os.path.isdir(path):
+    raise errors.MissingError(f"{path}: no such checkpoint folder")
   for candidate in (path, os.path.join(path, 'best'), os.path.join(path, 'last')):
-    if os.path.isfile(os.path.join(candidate, checkpoint.CONFIG_FILE)):
+    # A run's workdir has a config.json too; only variables/ beside it makes a model checkpoint.
+    if (os.path.isfile(os.path.join(candidate, checkpoint.CONFIG_FILE))
+        and os.path.isdir(os.path.join(candidate, checkpoint.VARIABLES_DIR))):
       return candidate
-  raise ValueError(f"{path}: neither a model checkpoint (config.json + variables/) nor a training run "
+  raise errors.MissingError(f"{path}: neither a model checkpoint (config.json + variables/) nor a training run "
                    "with best/ or last/")
 
 
@@ -83,9 +87,12 @@ def evaluate_checkpoint(config_path: str, checkpoint_dir: str, split: str, out_d
   from yolo_osam_jax.training import loop
 
   checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir)
+  if out_dir:  # before the evaluation, not after it
+    errors.check_output_dir(out_dir, '--out')
   config = config_utils.load_config(config_path, overrides)
   saved_config, variables = checkpoint.load_model(checkpoint_dir)
   config.model = saved_config.model
+  loop.check_img_size(config)
   source = pipeline.open_tfds_source(config.data.dataset, split, config.data.data_dir or None,
                                      config.data.builder_config or None)
   names = loop.source_class_names(source)
@@ -95,13 +102,15 @@ def evaluate_checkpoint(config_path: str, checkpoint_dir: str, split: str, out_d
   results = loop.Evaluator(models.build(config.model), config, names)(variables, source)
   table = evaluation.format_table(results)
   print(f"{checkpoint_dir} on {config.data.dataset} [{split}]\n{table}")
-  out_dir = out_dir or os.path.join(checkpoint_dir, f'eval_{split}')
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
-    json.dump(evaluation.json_ready(results), f, indent=2)
-  with open(os.path.join(out_dir, 'metrics.txt'), 'w') as f:
-    f.write(table + '\n')
-  evaluation.save_plots(results, out_dir)
+  out_dir = errors.check_output_dir(out_dir or os.path.join(checkpoint_dir, f'eval_{split}'), '--out')
+  try:
+    with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
+      json.dump(evaluation.json_ready(results), f, indent=2)
+    with open(os.path.join(out_dir, 'metrics.txt'), 'w') as f:
+      f.write(table + '\n')
+    evaluation.save_plots(results, out_dir)
+  except OSError as e:
+    raise errors.output_error(e.filename or out_dir, e) from e
   print(f"wrote {out_dir}")
   return results
 
@@ -114,6 +123,7 @@ def _read_rounds(path: str) -> list[float]:
   return [float(v) for v in values]
 
 
+@errors.script_main
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,9 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   print(text)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-      json.dump(result, f, indent=2)
+    if os.path.isdir(args.out):
+      raise errors.OutputError(f'{args.out}: --out is a folder; give a file name for the metrics JSON')
+    errors.check_output_dir(os.path.dirname(os.path.abspath(args.out)), '--out\'s folder')
+    try:
+      with open(args.out, 'w') as f:
+        json.dump(result, f, indent=2)
+    except OSError as e:
+      raise errors.output_error(args.out, e) from e
     print(f"wrote {args.out}")
   return 0
 

@@ -17,9 +17,10 @@ import time
 
 import _bootstrap  # noqa: F401
 
-from yolo_osam_jax import export
+from yolo_osam_jax import errors, export
 
 
+@errors.script_main
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--checkpoint', required=True, help='model checkpoint directory')

@@ -8,10 +8,11 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from yolo_osam_jax import config_utils
+from yolo_osam_jax import config_utils, errors
 from yolo_osam_jax.models import summary
 
 
+@errors.script_main
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = config_utils.split_config_args(argv)
@@ -30,4 +31,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from yolo_osam_jax import errors as errors_lib
 from yolo_osam_jax import predict as predict_lib
 from yolo_osam_jax import visualize
 
@@ -144,6 +145,8 @@ class Writers:
     self.class_names = list(class_names)
     self.records: list[dict] = []
     self.used_names: set[str] = set()
+    # Real paths of every input file: an output never replaces one (--out may be a source folder).
+    self.inputs: set[str] = set()
     self.csv_file = self.csv = None
     if 'csv' in save:
       self.csv_file = open(os.path.join(out_dir, 'detections.csv'), 'w', newline='')
@@ -163,6 +166,15 @@ class Writers:
       name = f'{stem}_{k}'
     self.used_names.add(name)
     return name
+
+  def output_path(self, stem: str, ext: str) -> str:
+    """out_dir/<stem><ext>, or out_dir/<stem>_pred<ext> (_pred2, ...) where that would be an input file."""
+    path = os.path.join(self.out_dir, stem + ext)
+    k = 1
+    while os.path.realpath(path) in self.inputs:
+      path = os.path.join(self.out_dir, f'{stem}_pred{"" if k == 1 else k}{ext}')
+      k += 1
+    return path
 
   def add(self, source: str, frame, hw, detections, stem: str) -> None:
     h, w = hw
@@ -219,7 +231,7 @@ def run_images(recognizer, paths, writers: Writers, batch_size: int, errors: Err
       if 'images' in writers.save:
         ext = os.path.splitext(path)[1].lower()
         ext = ext if ext in ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff') else '.png'
-        out = os.path.join(writers.out_dir, stem + ext)
+        out = writers.output_path(stem, ext)
         if not cv2.imwrite(out, annotate(image[..., ::-1], detections, writers.line_width)):
           errors.append(f'{out}: OpenCV could not write the annotated image')
       done += 1
@@ -262,7 +274,7 @@ def run_video(recognizer, kind: str, what, writers: Writers, batch_size: int, er
         writers.add(source, frame_index, frame.shape[:2], detections, stem)
         if 'images' in writers.save:
           if writer is None:
-            out = os.path.join(writers.out_dir, stem + '.mp4')
+            out = writers.output_path(stem, '.mp4')
             writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*'mp4v'), fps,
                                      (frame.shape[1], frame.shape[0]))
             if not writer.isOpened():
@@ -305,6 +317,7 @@ def parse_args(argv):
   return parser, parser.parse_args(argv)
 
 
+@errors_lib.script_main
 def main(argv=None) -> int:
   parser, args = parse_args(sys.argv[1:] if argv is None else argv)
   save = {s.strip() for s in args.save.split(',') if s.strip()}
@@ -313,21 +326,24 @@ def main(argv=None) -> int:
     parser.error(f'--save: unknown outputs {sorted(save - set(SAVE_KINDS))}; choose among {SAVE_KINDS}')
   if args.batch_size < 1:
     parser.error('--batch-size must be ≥ 1')
-  try:
-    recognizer = predict_lib.Recognizer.from_checkpoint(
-        args.checkpoint, conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det,
-        img_size=args.img_size, classes=args.classes,
-        batch_buckets=sorted({1, *(b for b in predict_lib.BATCH_BUCKETS if b < args.batch_size),
-                              args.batch_size}))
-  except (OSError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  recognizer = predict_lib.Recognizer.from_checkpoint(
+      args.checkpoint, conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det,
+      img_size=args.img_size, classes=args.classes,
+      batch_buckets=sorted({1, *(b for b in predict_lib.BATCH_BUCKETS if b < args.batch_size),
+                            args.batch_size}))
 
   errors = Errors()
   sources = expand_sources(args.source, errors)
-  out_dir = args.out or next_run_dir(args.project)
-  os.makedirs(out_dir, exist_ok=True)
-  writers = Writers(out_dir, save, recognizer.class_names, args.save_conf, args.line_width)
+  if args.out:
+    out_dir = errors_lib.check_output_dir(args.out, '--out')
+  else:
+    errors_lib.check_output_dir(args.project, '--project')
+    out_dir = next_run_dir(args.project)
+  try:
+    writers = Writers(out_dir, save, recognizer.class_names, args.save_conf, args.line_width)
+  except OSError as e:
+    raise errors_lib.output_error(getattr(e, 'filename', None) or out_dir, e) from e
+  writers.inputs = {os.path.realpath(what) for kind, what in sources if kind in ('image', 'video')}
   images = [what for kind, what in sources if kind == 'image']
   num_images = run_images(recognizer, images, writers, args.batch_size, errors)
   num_frames = 0

@@ -20,9 +20,10 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from yolo_osam_jax import config_utils
+from yolo_osam_jax import config_utils, errors
 
 
+@errors.script_main
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = config_utils.split_config_args(argv)
@@ -35,6 +36,9 @@ def main(argv=None) -> int:
   parser.add_argument('--distributed', action='store_true',
                       help='call jax.distributed.initialize() first (several hosts)')
   parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='start afresh in a --workdir that holds a run, deleting that run')
+  parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
   args = parser.parse_args(rest)
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
                       datefmt='%H:%M:%S')
@@ -42,6 +46,8 @@ def main(argv=None) -> int:
 
   from yolo_osam_jax import training  # pylint: disable=g-import-not-at-top (after logging setup)
 
+  if args.resume and args.overwrite:
+    parser.error('--resume continues the run in --workdir, --overwrite deletes it: give one of them')
   if args.config:
     config = config_utils.load_config(args.config, overrides)
   elif args.resume and args.workdir:
@@ -53,7 +59,7 @@ def main(argv=None) -> int:
     training.initialize_distributed()
   try:
     result = training.train_and_evaluate(config, args.workdir, resume=args.resume,
-                                         show_progress=not args.no_progress)
+                                         overwrite=args.overwrite, show_progress=not args.no_progress)
   except training.TrainingDiverged as e:
     print(f'error: {e}', file=sys.stderr)
     return 3

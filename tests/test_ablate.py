@@ -196,8 +196,8 @@ def test_detector_runner_maps_the_trainer_summary(monkeypatch):
   from yolo_osam_jax import training
   seen = {}
 
-  def fake_train(config, workdir, *, sources, class_names, show_progress):
-    seen.update(workdir=workdir, roles=sorted(sources), class_names=class_names)
+  def fake_train(config, workdir, *, sources, class_names, show_progress, overwrite):
+    seen.update(workdir=workdir, roles=sorted(sources), class_names=class_names, overwrite=overwrite)
     return {'test_summary': {'f1': 0.7, 'mAP50': 0.6, 'mAP50-95': 0.3, 'accuracy': 0.8, 'f1_macro': 0.75,
                              'precision': 0.65, 'recall': 0.72},
             'best_epoch': 3, 'epochs_completed': 4, 'train_seconds': 1.5}
@@ -205,7 +205,9 @@ def test_detector_runner_maps_the_trainer_summary(monkeypatch):
   monkeypatch.setattr(training, 'train_and_evaluate', fake_train)
   sources = {'train': [1], 'validation': [2], 'eval': [3], 'class_names': ['a']}
   metrics = ablation.run_detector(None, sources, '/tmp/x', None)
-  assert seen == {'workdir': '/tmp/x', 'roles': ['test', 'train', 'validation'], 'class_names': ['a']}
+  # overwrite: a round without its result file was killed, and is retrained from the start.
+  assert seen == {'workdir': '/tmp/x', 'roles': ['test', 'train', 'validation'], 'class_names': ['a'],
+                  'overwrite': True}
   assert (metrics['f1'], metrics['map50'], metrics['map'], metrics['accuracy']) == (0.7, 0.6, 0.3, 0.8)
 
 

@@ -163,7 +163,8 @@ def run_detector(config, sources: Mapping, workdir: str, max_steps: int | None) 
   out = training.train_and_evaluate(
       config, workdir, sources={'train': sources['train'], 'validation': sources['validation'],
                                 'test': sources['eval']},
-      class_names=sources['class_names'], show_progress=False)
+      class_names=sources['class_names'], show_progress=False,
+      overwrite=True)  # a round without its result JSON was killed: it is retrained from the start
   summary = out['test_summary']
   nan = float('nan')
   return {'f1': summary.get('f1', nan), 'map50': summary['mAP50'], 'map': summary['mAP50-95'],

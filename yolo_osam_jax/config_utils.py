@@ -10,6 +10,8 @@ from typing import Sequence
 
 import ml_collections
 
+from yolo_osam_jax import errors
+
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Runs `get_config()` of the file at `path` (optionally `path:arg`) and applies overrides.
@@ -20,7 +22,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   if ':' in os.path.basename(path):
     path, arg = path.rsplit(':', 1)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: config file not found')
+    raise errors.MissingError(f'{path}: config file not found')
   path = os.path.abspath(path)
   root = os.path.dirname(os.path.dirname(path))
   if root not in sys.path:
@@ -30,7 +32,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, 'get_config'):
-    raise AttributeError(f'{path}: a config file must define get_config()')
+    raise errors.InputError(f'{path}: a config file must define get_config()')
   config = module.get_config(arg) if arg is not None else module.get_config()
   apply_overrides(config, overrides)
   return config
@@ -51,16 +53,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     if text.startswith('config.'):
       text = text[len('config.'):]
     if '=' not in text:
-      raise ValueError(f'override {item!r}: expected key=value')
+      raise errors.InputError(f'override {item!r}: expected --config.a.b=value (with "=", no space)')
     key, raw = text.split('=', 1)
     *parents, leaf = key.split('.')
     node = config
     for p in parents:
       if p not in node:
-        raise KeyError(f'override {item!r}: no config field {key!r} (no {p!r})')
+        raise errors.InputError(f'override {item!r}: no config field {key!r} (no {p!r})')
       node = node[p]
     if leaf not in node:
-      raise KeyError(f'override {item!r}: no config field {key!r}')
+      raise errors.InputError(f'override {item!r}: no config field {key!r}')
     value = parse_value(raw)
     current = node[leaf]
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -70,11 +72,15 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     try:
       node[leaf] = value
     except TypeError as e:
-      raise TypeError(f'override {item!r}: {e}') from None
+      raise errors.InputError(f'override {item!r}: {e}') from None
 
 
 def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   """Separates `--config.x=y` overrides from the other command-line arguments."""
   overrides = [a for a in argv if a.startswith('--config.')]
+  for item in overrides:
+    if '=' not in item:
+      # `--config.a.b 1` would leave `1` to argparse, which blames the value, not the missing '='.
+      raise errors.InputError(f'override {item!r}: expected {item}=value (with "=", no space)')
   rest = [a for a in argv if not a.startswith('--config.')]
   return rest, overrides

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import zipfile
 from typing import Mapping
 
 import flax
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolo_osam_jax import models
+from yolo_osam_jax import errors, models
 from yolo_osam_jax.models import heads
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ _LEAF_TO_TORCH = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
                   ('batch_stats', 'var'): 'running_var'}
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.InputError):
   """A state dict that does not fit the configured model; the message names the key."""
 
 
@@ -143,6 +144,9 @@ def from_yolov5_state_dict(state_dict: Mapping[str, np.ndarray], model_config, r
       if key not in state_dict:
         raise ConversionError(f'{key}: missing from the state dict (needed for {collection}/{"/".join(path)})')
       src = _from_torch_layout(np.asarray(state_dict[key]))
+      if np.issubdtype(src.dtype, np.inexact) and not np.all(np.isfinite(src)):
+        raise ConversionError(f'{key}: {int(np.size(src) - np.count_nonzero(np.isfinite(src)))} NaN/Inf '
+                              f'value(s) of {np.size(src)} in the state dict')
       target = value
       if src.shape != target.shape:
         is_detect = key.startswith(f'model.{det}.m.')
@@ -204,14 +208,30 @@ def to_yolov5_state_dict(variables, model_config, num_batches_tracked: int = 0) 
 def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
   """Reads a state dict saved as .npz or .safetensors."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path}: no such file')
+    raise errors.MissingError(f'{path}: no such file')
+  if os.path.isdir(path):
+    raise ConversionError(f'{path}: is a folder, not a state dict file')
+  if os.path.getsize(path) == 0:
+    raise ConversionError(f'{path}: empty file (0 bytes), not a state dict')
   if path.endswith('.npz'):
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
+    with open(path, 'rb') as f:
+      magic = f.read(4)
+    if magic != b'PK\x03\x04':  # numpy would try it as a pickle and suggest allow_pickle=True: never
+      raise ConversionError(f'{path}: not a .npz archive (no zip header); write it with np.savez')
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+      raise ConversionError(f'{path}: damaged or truncated .npz archive ({type(e).__name__}: '
+                            f'{str(e).splitlines()[0][:120] if str(e) else "no detail"})') from None
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file
-    return load_file(path)
-  raise ValueError(f'{path}: expected a .npz or .safetensors state dict (we never unpickle .pt files)')
+    try:
+      return load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError on bad headers
+      raise ConversionError(f'{path}: not a readable .safetensors file ({type(e).__name__}: '
+                            f'{str(e).splitlines()[0][:120] if str(e) else "no detail"})') from None
+  raise ConversionError(f'{path}: expected a .npz or .safetensors state dict (we never unpickle .pt files)')
 
 
 def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str) -> None:

@@ -18,7 +18,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from yolo_osam_jax import checkpoint, convert, models
+from yolo_osam_jax import checkpoint, convert, errors, models
 from yolo_osam_jax.predict import class_names_of, max_stride_of
 
 FORMATS = ('onnx', 'npz', 'safetensors')
@@ -33,11 +33,11 @@ def export_onnx(variables, config, path: str, *, img_size: int | None = None, ba
 
   module = models.build(config.model)
   stride = max_stride_of(module)
-  img_size = int(img_size or config.data.img_size)
+  img_size = int(config.data.img_size if img_size is None else img_size)  # 0 is an error, not a default
   if img_size <= 0 or img_size % stride:
-    raise ValueError(f'img_size must be a positive multiple of the largest stride {stride}, got {img_size}')
+    raise errors.InputError(f'img_size must be a positive multiple of the largest stride {stride}, got {img_size}')
   if not dynamic_batch and batch < 1:
-    raise ValueError(f'batch must be ≥ 1, got {batch}')
+    raise errors.InputError(f'batch must be ≥ 1, got {batch}')
   names = list(class_names) if class_names is not None else class_names_of(config)
   tree = jax.tree_util.tree_map(jnp.asarray, {k: variables[k] for k in ('params', 'batch_stats')
                                               if k in variables})
@@ -69,7 +69,7 @@ def export_onnx(variables, config, path: str, *, img_size: int | None = None, ba
 def export_state_dict(variables, config, path: str) -> str:
   """Writes the yolov5-layout state dict as .npz or .safetensors (by the file name)."""
   if not path.endswith(('.npz', '.safetensors')):
-    raise ValueError(f'{path}: a state dict file name ends in .npz or .safetensors')
+    raise errors.InputError(f'{path}: a state dict file name ends in .npz or .safetensors')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   convert.save_state_dict_file(convert.to_yolov5_state_dict(variables, config.model), path)
   return path
@@ -84,13 +84,13 @@ def export_checkpoint(checkpoint_dir: str, fmt: str, out: str | None = None, *, 
                       batch: int = 1, dynamic_batch: bool = False) -> str:
   """Exports the checkpoint at `checkpoint_dir` as `fmt` (onnx | npz | safetensors); returns the file."""
   if fmt not in FORMATS:
-    raise ValueError(f'format must be one of {", ".join(FORMATS)}, got {fmt!r}')
+    raise errors.InputError(f'format must be one of {", ".join(FORMATS)}, got {fmt!r}')
   config, variables = checkpoint.load_model(checkpoint_dir)
   out = out or default_output(checkpoint_dir, fmt)
   if fmt == 'onnx':
     return export_onnx(variables, config, out, img_size=img_size, batch=batch, dynamic_batch=dynamic_batch)
   if not out.endswith('.' + fmt):
-    raise ValueError(f'{out}: --format {fmt} writes a .{fmt} file')
+    raise errors.InputError(f'{out}: --format {fmt} writes a .{fmt} file')
   return export_state_dict(variables, config, out)
 
 

@@ -11,11 +11,26 @@ def write_json_atomic(path: str, value, *, indent: int = 2, sort_keys: bool = Fa
 
   A crash mid-write leaves the previous file (or none), never a half-written one that a resumed run would
   read back.
+  A failure to write (a full disk, a read-only folder) is one errors.OutputError naming `path`; the
+  previous file stays whole.
   """
-  directory = os.path.dirname(path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
+  from yolo_osam_jax import errors  # pylint: disable=g-import-not-at-top
   tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=indent, sort_keys=sort_keys)
-  os.replace(tmp, path)
+  try:
+    directory = os.path.dirname(path)
+    if directory:
+      os.makedirs(directory, exist_ok=True)
+    with open(tmp, 'w') as f:
+      json.dump(value, f, indent=indent, sort_keys=sort_keys)
+    os.replace(tmp, path)
+  except OSError as e:
+    discard(tmp)
+    raise errors.output_error(path, e) from e
+
+
+def discard(path: str) -> None:
+  """Removes `path` if it exists (a temporary file left by a failed write)."""
+  try:
+    os.remove(path)
+  except OSError:
+    pass

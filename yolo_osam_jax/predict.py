@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolo_osam_jax import checkpoint, models
+from yolo_osam_jax import checkpoint, errors, models
 from yolo_osam_jax.data import transforms
 from yolo_osam_jax.evaluation import nms as nms_lib
 
@@ -77,19 +77,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
   """
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path}: no such file')
+    raise errors.MissingError(f'{path}: no such file')
   if os.path.isdir(path):
-    raise ValueError(f'{path}: is a folder, not an image file')
+    raise errors.InputError(f'{path}: is a folder, not an image file')
   # np.fromfile + imdecode also reads paths that cv2.imread cannot (non-ASCII names on some systems).
   data = np.fromfile(path, np.uint8)
   if data.size == 0:
-    raise ValueError(f'{path}: empty file (0 bytes), not an image')
+    raise errors.InputError(f'{path}: empty file (0 bytes), not an image')
   # IMREAD_COLOR: grey becomes 3 channels, alpha is dropped, 16-bit is scaled to 8-bit.
   image = cv2.imdecode(data, cv2.IMREAD_COLOR)
   if image is None:
-    raise ValueError(f'{path}: not a readable image (OpenCV could not decode its {data.size} bytes)')
+    raise errors.InputError(f'{path}: not a readable image (OpenCV could not decode its {data.size} bytes)')
   if image.size == 0:
-    raise ValueError(f'{path}: zero-size image {image.shape[1]}x{image.shape[0]}')
+    raise errors.InputError(f'{path}: zero-size image {image.shape[1]}x{image.shape[0]}')
   return np.ascontiguousarray(image[..., ::-1])
 
 
@@ -97,16 +97,16 @@ def to_rgb(image, bgr: bool = False, where: str = 'image') -> np.ndarray:
   """A numpy image (H×W grey, H×W×1, H×W×3 RGB/BGR, H×W×4 RGBA/BGRA; uint8) as uint8 [H, W, 3] RGB."""
   image = np.asarray(image)
   if image.dtype != np.uint8:
-    raise ValueError(f'{where}: expected uint8 pixels, got dtype {image.dtype} '
+    raise errors.InputError(f'{where}: expected uint8 pixels, got dtype {image.dtype} '
                      '(convert with (x * 255).round().astype(np.uint8) for floats in [0, 1])')
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, axis=-1)
   elif image.ndim != 3 or image.shape[-1] not in (3, 4):
-    raise ValueError(f'{where}: expected an H×W, H×W×1, H×W×3 or H×W×4 image, got shape {image.shape}')
+    raise errors.InputError(f'{where}: expected an H×W, H×W×1, H×W×3 or H×W×4 image, got shape {image.shape}')
   if image.shape[0] == 0 or image.shape[1] == 0:
-    raise ValueError(f'{where}: zero-size image of shape {image.shape}')
+    raise errors.InputError(f'{where}: zero-size image of shape {image.shape}')
   image = image[..., :3]  # drop alpha
   if bgr:
     image = image[..., ::-1]
@@ -177,12 +177,12 @@ def resolve_classes(classes, class_names: Sequence[str]) -> tuple[int, ...] | No
     if isinstance(c, str) and not c.strip().lstrip('-').isdigit():
       matches = [i for i, n in enumerate(class_names) if n.lower() == c.strip().lower()]
       if not matches:
-        raise ValueError(f'classes: unknown class name {c!r}; known: {", ".join(class_names)}')
+        raise errors.InputError(f'classes: unknown class name {c!r}; known: {", ".join(class_names)}')
       ids.add(matches[0])
     else:
       i = int(c)
       if not 0 <= i < len(class_names):
-        raise ValueError(f'classes: class id {i} out of range 0..{len(class_names) - 1}')
+        raise errors.InputError(f'classes: class id {i} out of range 0..{len(class_names) - 1}')
       ids.add(i)
   return tuple(sorted(ids))
 
@@ -234,23 +234,23 @@ class Recognizer:
                                      if k in variables})
     self.class_names = list(class_names)
     if len(self.class_names) != module.num_classes:
-      raise ValueError(f'{len(self.class_names)} class names for a model with {module.num_classes} classes')
+      raise errors.InputError(f'{len(self.class_names)} class names for a model with {module.num_classes} classes')
     max_stride = max_stride_of(module)
     img_size = int(img_size)
     if img_size <= 0 or img_size % max_stride:
-      raise ValueError(f'img_size must be a positive multiple of the largest stride {max_stride}, '
-                       f'got {img_size}')
+      raise errors.InputError(f'img_size must be a positive multiple of the largest stride {max_stride}, '
+                              f'got {img_size}')
     self.img_size = img_size
     if not 0.0 <= conf_thres < 1.0:
-      raise ValueError(f'conf_thres must be in [0, 1), got {conf_thres}')
+      raise errors.InputError(f'conf_thres must be in [0, 1), got {conf_thres}')
     if not 0.0 <= iou_thres <= 1.0:
-      raise ValueError(f'iou_thres must be in [0, 1], got {iou_thres}')
+      raise errors.InputError(f'iou_thres must be in [0, 1], got {iou_thres}')
     if int(max_det) < 1:
-      raise ValueError(f'max_det must be ≥ 1, got {max_det}')
+      raise errors.InputError(f'max_det must be ≥ 1, got {max_det}')
     self.conf_thres, self.iou_thres, self.max_det = float(conf_thres), float(iou_thres), int(max_det)
     self.classes = resolve_classes(classes, self.class_names)
     if not batch_buckets or min(batch_buckets) < 1:
-      raise ValueError(f'batch_buckets must be positive sizes, got {batch_buckets}')
+      raise errors.InputError(f'batch_buckets must be positive sizes, got {batch_buckets}')
     self.batch_buckets = tuple(sorted(int(b) for b in batch_buckets))
 
   @classmethod
@@ -294,7 +294,15 @@ class Recognizer:
     return results[0] if single else results
 
   def predict_rgb(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
-    """Detections of uint8 [H, W, 3] RGB images (already checked, e.g. by `to_rgb`)."""
+    """Detections of uint8 [H, W, 3] RGB images (`predict` converts other layouts through `to_rgb`)."""
+    for i, image in enumerate(images):
+      # A float image in [0, 1] would be cast to uint8 zeros by the letterbox and give no detections.
+      if (not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3
+          or image.shape[-1] != 3 or 0 in image.shape):
+        raise errors.InputError(
+            f'images[{i}]: predict_rgb expects uint8 [H, W, 3] RGB, got '
+            f'{getattr(image, "dtype", type(image).__name__)} {getattr(image, "shape", "")} (use '
+            'predict() for other layouts; floats in [0, 1]: (x * 255).round().astype(np.uint8))')
     results: list[list[Detection]] = []
     largest = self.batch_buckets[-1]
     for start in range(0, len(images), largest):

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from yolo_osam_jax import errors
 from yolo_osam_jax.data import common
 from yolo_osam_jax.data import splits
 
@@ -68,24 +69,24 @@ def find_dir(manual_dir: str | os.PathLike, marker: str) -> epath.Path:
   children = [c for c in sorted(manual_dir.iterdir()) if c.is_dir() and (c / marker).exists()]
   if len(children) == 1:
     return children[0]
-  raise FileNotFoundError(f'CK+: no {marker} in {manual_dir} or in one folder below it '
-                          f'(found {len(children)} candidates)')
+  raise errors.MissingError(f'CK+: no {marker} in {manual_dir} or in one folder below it '
+                            f'(found {len(children)} candidates)')
 
 
 def read_emotion_file(path: str | os.PathLike, where: str) -> int:
   """The emotion code (0..7) in an *_emotion.txt file, e.g. `   3.0000000e+00`."""
-  lines = [(n, line.strip()) for n, line in enumerate(epath.Path(path).read_text().splitlines(), 1)
+  lines = [(n, line.strip()) for n, line in enumerate(errors.read_text(path, 'emotion file').splitlines(), 1)
            if line.strip()]
   if len(lines) != 1:
-    raise ValueError(f'{where}: expected one emotion code, found {len(lines)} non-empty lines')
+    raise errors.InputError(f'{where}: expected one emotion code, found {len(lines)} non-empty lines')
   line_no, text = lines[0]
   try:
     value = float(text)
   except ValueError:
-    raise ValueError(f'{where}:{line_no}: emotion code {text!r} is not a number') from None
+    raise errors.InputError(f'{where}:{line_no}: emotion code {text!r} is not a number') from None
   if not value.is_integer() or not 0 <= value < len(CODE_NAMES):
-    raise ValueError(f'{where}:{line_no}: emotion code {text} is not an integer in 0..7 '
-                     f'({", ".join(f"{c} {n}" for c, n in enumerate(CODE_NAMES))})')
+    raise errors.InputError(f'{where}:{line_no}: emotion code {text} is not an integer in 0..7 '
+                            f'({", ".join(f"{c} {n}" for c, n in enumerate(CODE_NAMES))})')
   return int(value)
 
 
@@ -101,8 +102,8 @@ def _frames(sequence_dir: epath.Path, relative_dir: str,
       continue
     match = _FRAME_NAME.match(path.name)
     if not match:
-      raise ValueError(f'{relative_dir}/{path.name}: frame name is not '
-                       'S<subject>_<sequence>_<frame>.png')
+      raise errors.InputError(f'{relative_dir}/{path.name}: frame name is not '
+                              'S<subject>_<sequence>_<frame>.png')
     frames[int(match.group(3))] = path
   return frames
 
@@ -118,7 +119,7 @@ def parse_sequences(root: str | os.PathLike, *, contempt: bool, neutral: bool,
   names = class_names(contempt, neutral)
   images_root, emotion_root = root / IMAGES_DIR, root / EMOTION_DIR
   if not emotion_root.is_dir():
-    raise FileNotFoundError(f'CK+: {emotion_root} is missing (the labels of the sequence release)')
+    raise errors.MissingError(f'CK+: {emotion_root} is missing (the labels of the sequence release)')
   records = []
   labelled = set()
   for subject_dir in sorted(p for p in emotion_root.iterdir() if p.is_dir()):
@@ -128,30 +129,30 @@ def parse_sequences(root: str | os.PathLike, *, contempt: bool, neutral: bool,
       if not label_files:
         continue  # an empty label folder, as CK+ ships for unlabelled sequences
       if len(label_files) > 1:
-        raise ValueError(f'{relative_dir}: {len(label_files)} emotion files, expected one per sequence')
+        raise errors.InputError(f'{relative_dir}: {len(label_files)} emotion files, expected one per sequence')
       label_file = label_files[0]
       where = f'{relative_dir}/{label_file.name}'
       match = _EMOTION_NAME.match(label_file.name)
       if not match or (match.group(1), match.group(2)) != (subject_dir.name, sequence_dir.name):
-        raise ValueError(f'{where}: name does not match its folder '
-                         f'({subject_dir.name}_{sequence_dir.name}_<frame>_emotion.txt expected)')
+        raise errors.InputError(f'{where}: name does not match its folder '
+                                f'({subject_dir.name}_{sequence_dir.name}_<frame>_emotion.txt expected)')
       code = read_emotion_file(label_file, where)
       peak_frame = int(match.group(3))
       subject, sequence = subject_dir.name, f'{subject_dir.name}_{sequence_dir.name}'
       image_dir = images_root / subject_dir.name / sequence_dir.name
       relative_image_dir = f'{IMAGES_DIR}/{subject_dir.name}/{sequence_dir.name}'
       if not image_dir.is_dir():
-        raise FileNotFoundError(f'{where}: labels a sequence with no image folder {relative_image_dir}')
+        raise errors.MissingError(f'{where}: labels a sequence with no image folder {relative_image_dir}')
       frames = _frames(image_dir, relative_image_dir, report)
       if peak_frame not in frames:
-        raise FileNotFoundError(f'{where}: labels frame {peak_frame}, which is not in '
-                                f'{relative_image_dir}')
+        raise errors.MissingError(f'{where}: labels frame {peak_frame}, which is not in '
+                                  f'{relative_image_dir}')
       labelled.add((subject_dir.name, sequence_dir.name))
       if code == CONTEMPT_CODE and not contempt:
         report.add(REASON_CONTEMPT, where, 'sequence left out (config without contempt)')
         continue
       if code == NEUTRAL_CODE and not neutral:
-        raise ValueError(f'{where}: emotion code 0 (neutral) but the config has no neutral class')
+        raise errors.InputError(f'{where}: emotion code 0 (neutral) but the config has no neutral class')
       ordered = sorted(f for f in frames if f <= peak_frame)
       if len(ordered) < len(frames):  # CK+ labels the last frame; later ones would be past the peak
         unused = len(frames) - len(ordered)
@@ -177,7 +178,7 @@ def parse_sequences(root: str | os.PathLike, *, contempt: bool, neutral: bool,
           report.add(REASON_UNLABELLED, f'{IMAGES_DIR}/{subject_dir.name}/{sequence_dir.name}',
                      'no emotion file; not used')
   if not records:
-    raise ValueError(f'CK+: no labelled frames found under {root}')
+    raise errors.InputError(f'CK+: no labelled frames found under {root}')
   return records
 
 
@@ -194,7 +195,7 @@ def parse_ck48(root: str | os.PathLike, *, contempt: bool, report: common.BuildR
       report.add(REASON_IGNORED_FILE, class_dir.name, 'not inside a class folder')
       continue
     if class_dir.name not in CK48_FOLDERS:
-      raise ValueError(f'{class_dir.name}: unknown class folder; expected {", ".join(CK48_FOLDERS)}')
+      raise errors.InputError(f'{class_dir.name}: unknown class folder; expected {", ".join(CK48_FOLDERS)}')
     for path in sorted(class_dir.iterdir()):
       relative = f'{class_dir.name}/{path.name}'
       if path.name.startswith('.'):
@@ -204,8 +205,8 @@ def parse_ck48(root: str | os.PathLike, *, contempt: bool, report: common.BuildR
         continue
       match = _FRAME_NAME.match(path.stem + '.png')
       if not match:
-        raise ValueError(f'{relative}: file name is not S<subject>_<sequence>_<frame>.png, so the '
-                         'subject is unknown')
+        raise errors.InputError(f'{relative}: file name is not S<subject>_<sequence>_<frame>.png, so the '
+                                'subject is unknown')
       if not common.first_seen(seen, path.name, relative, report):
         continue
       if class_dir.name == 'contempt' and not contempt:
@@ -215,7 +216,7 @@ def parse_ck48(root: str | os.PathLike, *, contempt: bool, report: common.BuildR
                       'label': names.index(class_dir.name), 'subject': match.group(1),
                       'sequence': f'{match.group(1)}_{match.group(2)}', 'where': relative})
   if not records:
-    raise ValueError(f'CK+48: no images in the class folders under {root}')
+    raise errors.InputError(f'CK+48: no images in the class folders under {root}')
   return records
 
 
@@ -296,11 +297,11 @@ class Ckplus(common.DetectionBuilder):
                                 report=self.report)
     elif config.release == 'ck48':
       if config.neutral:
-        raise ValueError('CK+48 has no neutral images; use neutral=False with release ck48')
+        raise errors.InputError('CK+48 has no neutral images; use neutral=False with release ck48')
       root = find_dir(dl_manager.manual_dir, 'anger')
       records = parse_ck48(root, contempt=config.contempt, report=self.report)
     else:
-      raise ValueError(f"unknown CK+ release {config.release!r}; expected 'sequences' or 'ck48'")
+      raise errors.InputError(f"unknown CK+ release {config.release!r}; expected 'sequences' or 'ck48'")
     return splits.split_generators(self, records, subjects=[r['subject'] for r in records],
                                    num_folds=config.num_folds)
 
@@ -308,7 +309,7 @@ class Ckplus(common.DetectionBuilder):
     config = self.builder_config
     detect = config.release == 'sequences' and config.face_detector == 'haar'
     if config.face_detector not in ('haar', 'none'):
-      raise ValueError(f"unknown face_detector {config.face_detector!r}; expected 'haar' or 'none'")
+      raise errors.InputError(f"unknown face_detector {config.face_detector!r}; expected 'haar' or 'none'")
     cascade = load_face_cascade() if detect else None
     for record in records:
       where = record['file']

@@ -32,6 +32,7 @@ import inspect
 import io
 import json
 import os
+import re
 from typing import Any, Iterable, Sequence
 
 import cv2
@@ -40,10 +41,13 @@ from etils import epath
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from yolo_osam_jax import errors
+
 # Reasons a builder records. Builders may record other reasons too; these have fixed meanings.
 REASONS = {
     'empty_file': 'image file has 0 bytes (skipped)',
     'unreadable_image': 'image cannot be decoded (skipped)',
+    'image_too_large': f'image larger than MAX_IMAGE_PIXELS = {8192 * 8192:,} pixels (skipped)',
     'truncated_image': 'image data ends early (skipped)',
     'converted_grayscale': 'grayscale image converted to RGB',
     'converted_rgba': 'alpha channel dropped (as cv2.imread does)',
@@ -59,6 +63,11 @@ REASONS = {
     'empty_label_file': 'label file has no boxes',
     'duplicate_file_name': 'file name seen twice',
 }
+
+# The largest image a build accepts (8192 × 8192): bigger ones are skipped and reported. Face datasets
+# hold far smaller images, and decoding one 14000² image takes 600 MB; PIL's own decompression-bomb guard
+# would otherwise stop the whole build without naming the file.
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 # Re-encoded images are stored as PNG: lossless, so converting does not add a second JPEG loss.
 _PNG_COMPRESSION = 3
@@ -185,7 +194,7 @@ def _to_rgb8_16bit(data: bytes) -> np.ndarray:
   """A 16-bit image as 8-bit RGB; v * 257 maps back to v exactly (65535 -> 255)."""
   array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
   if array is None:
-    raise ValueError('OpenCV cannot decode the 16-bit image')
+    raise errors.InputError('OpenCV cannot decode the 16-bit image')
   if array.ndim == 2:
     array = array[..., None]
   if array.shape[-1] in (3, 4):
@@ -213,7 +222,7 @@ def _to_rgb8(image: PIL.Image.Image) -> np.ndarray:
   elif mode in ('I', 'F'):
     values = np.asarray(image)
     if values.min() < 0 or values.max() > 255:
-      raise ValueError(f'image mode {mode} with values outside 0..255')
+      raise errors.InputError(f'image mode {mode} with values outside 0..255')
     array = values.astype(np.uint8)[..., None]
   else:  # RGB, P, CMYK, YCbCr, LAB, HSV: PIL knows the conversion (incl. Adobe inverted CMYK)
     array = np.asarray(image.convert('RGB'))
@@ -244,6 +253,9 @@ def read_image(source: str | os.PathLike | bytes, where: str,
 
   try:
     with PIL.Image.open(io.BytesIO(data)) as image:
+      if image.width * image.height > MAX_IMAGE_PIXELS:  # known from the header, before decoding
+        report.add('image_too_large', where, f'{image.width}x{image.height}')
+        return None
       image.load()  # decodes every byte; raises on truncation (PIL's LOAD_TRUNCATED_IMAGES is off)
       file_format = image.format
       mode = image.mode
@@ -274,6 +286,9 @@ def read_image(source: str | os.PathLike | bytes, where: str,
       rgb = _to_rgb8_16bit(data) if sixteen_bit else _to_rgb8(image)
   except PIL.UnidentifiedImageError:
     report.add('unreadable_image', where, 'not an image format PIL/OpenCV know')
+    return None
+  except PIL.Image.DecompressionBombError as e:  # PIL refuses to even open it (> 2 × its own limit)
+    report.add('image_too_large', where, str(e).split('.')[0])
     return None
   except (OSError, SyntaxError, ValueError, EOFError) as e:
     message = str(e)
@@ -310,22 +325,22 @@ def boxes_to_bbox(boxes_xyxy: np.ndarray | Sequence, labels: np.ndarray | Sequen
   boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
   labels = np.asarray(labels).reshape(-1)
   if len(labels) != len(boxes):
-    raise ValueError(f'{where}: {len(boxes)} boxes but {len(labels)} labels')
+    raise errors.InputError(f'{where}: {len(boxes)} boxes but {len(labels)} labels')
   places = [where] * len(boxes) if isinstance(where, str) else list(where)
   if len(places) != len(boxes):
-    raise ValueError(f'{len(places)} locations given for {len(boxes)} boxes')
+    raise errors.InputError(f'{len(places)} locations given for {len(boxes)} boxes')
   if height <= 0 or width <= 0:
-    raise ValueError(f'{where}: image size {height}x{width} is empty')
+    raise errors.InputError(f'{where}: image size {height}x{width} is empty')
 
   kept_boxes, kept_labels = [], []
   for box, label, place in zip(boxes, labels, places):
     if not np.all(np.isfinite(box)):
-      raise ValueError(f'{place}: box {box.tolist()} has a NaN or infinite coordinate')
+      raise errors.InputError(f'{place}: box {box.tolist()} has a NaN or infinite coordinate')
     if not float(label).is_integer() or not 0 <= int(label) < num_classes:
-      raise ValueError(f'{place}: class {label} is outside 0..{num_classes - 1}')
+      raise errors.InputError(f'{place}: class {label} is outside 0..{num_classes - 1}')
     x0, y0, x1, y1 = box
     if x1 < x0 or y1 < y0:
-      raise ValueError(f'{place}: box {box.tolist()} has max < min (expected x_min y_min x_max y_max)')
+      raise errors.InputError(f'{place}: box {box.tolist()} has max < min (expected x_min y_min x_max y_max)')
     clipped = np.array([np.clip(x0, 0, width), np.clip(y0, 0, height),
                         np.clip(x1, 0, width), np.clip(y1, 0, height)])
     if np.max(np.abs(clipped - box)) > tolerance:
@@ -398,12 +413,30 @@ class DetectionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     self._report = None  # a fresh report per build
-    super()._download_and_prepare(dl_manager, download_config)
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    except AssertionError as e:
+      match = re.search(r'split "([^"]+)": No examples were yielded', str(e))
+      if not match:
+        raise
+      # TFDS's words name neither the source nor why: say which split came out empty and what was skipped.
+      skipped = '; '.join(f'{reason} {n} (first: {self.report.examples[reason][0]})'
+                          for reason, n in sorted(self.report.counts.items()) if self.report.examples[reason])
+      raise errors.InputError(
+          f'{self.report.dataset}: split {match.group(1)!r} has no usable images'
+          f'{" — skipped: " + skipped if skipped else " (no images found for it)"}') from None
     # All splits have been generated; the base class writes dataset info (and metadata) after this.
     report = self.report
     if self.info.metadata is not None:
       self.info.metadata['build_report'] = report.as_dict()
     report.save(epath.Path(self.data_dir) / 'build_report.json')
+    fingerprint = getattr(self, '_source_fingerprint', None)
+    if fingerprint is not None:
+      # Into the build's temporary folder: it appears with the data or not at all (data.build).
+      from yolo_osam_jax.data import source_fingerprint  # pylint: disable=g-import-not-at-top
+      source_fingerprint.write(self.data_dir, fingerprint)
+      if self.info.metadata is not None:
+        self.info.metadata['source_fingerprint'] = fingerprint
     print(report.summary(), flush=True)
 
   def build_report(self) -> BuildReport | None:

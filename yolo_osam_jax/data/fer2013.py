@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 
 import cv2
@@ -25,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from yolo_osam_jax import errors
 from yolo_osam_jax.data import common
 from yolo_osam_jax.data import splits
 
@@ -46,7 +48,22 @@ def find_csv(manual_dir: str | os.PathLike) -> epath.Path:
   for candidate in (manual_dir / CSV_NAME, manual_dir / 'fer2013' / CSV_NAME):
     if candidate.exists():
       return candidate
-  raise FileNotFoundError(f'FER2013: no {CSV_NAME} in {manual_dir} or {manual_dir / "fer2013"}')
+  raise errors.MissingError(f'FER2013: no {CSV_NAME} in {manual_dir} or {manual_dir / "fer2013"}')
+
+
+def _checked_rows(reader, path):
+  """The rows of a csv.reader; a csv.Error names the line where the broken row starts."""
+  while True:
+    start = reader.line_num + 1
+    try:
+      row = next(reader)
+    except StopIteration:
+      return
+    except csv.Error as e:
+      # An unterminated quote swallows the rest of the file until the field limit is hit.
+      raise errors.InputError(f'{path.name}:{start}: {e}; the row starting here has an unterminated '
+                              'quote or an oversized field') from None
+    yield row
 
 
 def read_csv(path: str | os.PathLike) -> list[dict]:
@@ -57,39 +74,41 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
   path = epath.Path(path)
   num_pixels = IMAGE_SIZE * IMAGE_SIZE
   records = []
-  with path.open('r') as f:
+  # Read whole: a non-UTF-8 byte is then reported with its line (a text stream decodes in blocks).
+  with io.StringIO(errors.read_text(path, 'CSV file'), newline='') as f:
     reader = csv.reader(f)
-    header = next(reader, None)
+    rows = _checked_rows(reader, path)
+    header = next(rows, None)
     if header:  # a byte-order mark (file re-saved on Windows) would glue onto 'emotion'
       header[0] = header[0].removeprefix('\ufeff')
     if header is None or tuple(h.strip() for h in header) != CSV_COLUMNS:
-      raise ValueError(f'{path.name}:1: expected the header "{",".join(CSV_COLUMNS)}", got {header}')
-    for row in reader:
+      raise errors.InputError(f'{path.name}:1: expected the header "{",".join(CSV_COLUMNS)}", got {header}')
+    for row in rows:
       where = f'{path.name}:{reader.line_num}'
       if not row or all(not field.strip() for field in row):
         continue
       if len(row) != 3:
-        raise ValueError(f'{where}: expected 3 fields (emotion, pixels, Usage), got {len(row)}')
+        raise errors.InputError(f'{where}: expected 3 fields (emotion, pixels, Usage), got {len(row)}')
       emotion_text, pixel_text, usage = (field.strip() for field in row)
       try:
         label = int(emotion_text)
       except ValueError:
-        raise ValueError(f'{where}: emotion {emotion_text!r} is not an integer') from None
+        raise errors.InputError(f'{where}: emotion {emotion_text!r} is not an integer') from None
       if not 0 <= label < len(CLASS_NAMES):
-        raise ValueError(f'{where}: emotion {label} is outside 0..{len(CLASS_NAMES) - 1}')
+        raise errors.InputError(f'{where}: emotion {label} is outside 0..{len(CLASS_NAMES) - 1}')
       if usage not in USAGE_TO_SPLIT:
-        raise ValueError(f'{where}: Usage {usage!r} is not one of {", ".join(USAGE_TO_SPLIT)}')
+        raise errors.InputError(f'{where}: Usage {usage!r} is not one of {", ".join(USAGE_TO_SPLIT)}')
       values = pixel_text.split()
       if len(values) != num_pixels:
-        raise ValueError(f'{where}: {len(values)} pixel values, expected {num_pixels} '
-                         f'({IMAGE_SIZE}x{IMAGE_SIZE})')
+        raise errors.InputError(f'{where}: {len(values)} pixel values, expected {num_pixels} '
+                                f'({IMAGE_SIZE}x{IMAGE_SIZE})')
       try:
         pixels = np.array(values, dtype=np.int64)  # parses the strings; raises on 'x' or '1.5'
       except ValueError:
         bad = next(v for v in values if not v.lstrip('-').isdigit())
-        raise ValueError(f'{where}: pixel value {bad!r} is not an integer') from None
+        raise errors.InputError(f'{where}: pixel value {bad!r} is not an integer') from None
       if pixels.min() < 0 or pixels.max() > 255:
-        raise ValueError(f'{where}: pixel values must be 0..255, found {pixels.min()}..{pixels.max()}')
+        raise errors.InputError(f'{where}: pixel values must be 0..255, found {pixels.min()}..{pixels.max()}')
       records.append({
           'image_id': f'fer2013_{len(records):05d}',
           'pixels': pixels.astype(np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE),
@@ -98,7 +117,7 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
           'where': where,
       })
   if not records:
-    raise ValueError(f'{path.name}: no rows after the header')
+    raise errors.InputError(f'{path.name}: no rows after the header')
   return records
 
 
@@ -110,8 +129,8 @@ def read_folders(manual_dir: str | os.PathLike, report: common.BuildReport) -> l
   manual_dir = epath.Path(manual_dir)
   missing = [s for s in FOLDER_SPLITS if not (manual_dir / s).is_dir()]
   if missing:
-    raise FileNotFoundError(f'FER2013 folder release: no {" or ".join(missing)} folder in {manual_dir} '
-                            f'(expected train/<class>/*.jpg and test/<class>/*.jpg)')
+    raise errors.MissingError(f'FER2013 folder release: no {" or ".join(missing)} folder in {manual_dir} '
+                              f'(expected train/<class>/*.jpg and test/<class>/*.jpg)')
   records = []
   seen: dict[str, str] = {}
   for split in FOLDER_SPLITS:
@@ -122,8 +141,8 @@ def read_folders(manual_dir: str | os.PathLike, report: common.BuildReport) -> l
           report.add(REASON_IGNORED_FILE, relative_dir, f'not inside a class folder of {split}/')
         continue
       if class_dir.name not in FOLDER_CLASSES:
-        raise ValueError(f'{relative_dir}: unknown class folder {class_dir.name!r}; expected one of '
-                         f'{", ".join(sorted(FOLDER_CLASSES))}')
+        raise errors.InputError(f'{relative_dir}: unknown class folder {class_dir.name!r}; expected one of '
+                                f'{", ".join(sorted(FOLDER_CLASSES))}')
       for path in sorted(class_dir.iterdir()):
         relative = f'{relative_dir}/{path.name}'
         if path.name.startswith('.'):
@@ -136,7 +155,7 @@ def read_folders(manual_dir: str | os.PathLike, report: common.BuildReport) -> l
         records.append({'image_id': relative, 'path': os.fspath(path),
                         'label': FOLDER_CLASSES[class_dir.name], 'split': split, 'where': relative})
   if not records:
-    raise ValueError(f'FER2013 folder release: no images under {manual_dir}/train or /test')
+    raise errors.InputError(f'FER2013 folder release: no images under {manual_dir}/train or /test')
   return records
 
 
@@ -186,7 +205,7 @@ class Fer2013(common.DetectionBuilder):
     elif config.release == 'folder':
       records = read_folders(dl_manager.manual_dir, self.report)
     else:
-      raise ValueError(f"unknown FER2013 release {config.release!r}; expected 'csv' or 'folder'")
+      raise errors.InputError(f"unknown FER2013 release {config.release!r}; expected 'csv' or 'folder'")
     return splits.split_generators(self, records, official=[r['split'] for r in records],
                                    val_fraction=config.val_fraction)
 

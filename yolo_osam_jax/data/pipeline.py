@@ -25,15 +25,18 @@ from the seed and the global sample position, so results do not depend on the nu
 
 from __future__ import annotations
 
+import glob
 import importlib
 import logging
 import math
+import os
 from typing import Mapping, Sequence
 
 from absl import flags as absl_flags
 import grain.python as grain
 import numpy as np
 
+from yolo_osam_jax import errors
 from yolo_osam_jax.data import transforms
 
 log = logging.getLogger(__name__)
@@ -60,15 +63,32 @@ def open_tfds_source(name: str, split: str, data_dir: str | None = None,
     # from their files in data_dir.
     registry.import_builder(name)
   full_name = f'{name}/{builder_config}' if builder_config else name
+  root = os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
+  try:
+    needs_files = bool(getattr(tfds.builder_cls(name), 'MANUAL_DOWNLOAD_INSTRUCTIONS', None))
+  except Exception:  # noqa: BLE001 - a dataset TFDS does not know: say what the others need
+    needs_files = True
+  build_hint = (f"`python scripts/prepare_data.py --dataset {name}"
+                f"{' --config ' + builder_config if builder_config else ''} --data_dir {root}"
+                f"{' --manual_dir PATH' if needs_files else ''}`")
+  if not os.path.isdir(root):
+    raise errors.MissingError(f"data_dir {root} does not exist; prepare {full_name} there with {build_hint}")
+  folder = os.path.join(root, name, *([builder_config] if builder_config else []))
+  if not glob.glob(os.path.join(folder, '**', 'dataset_info.json'), recursive=True):
+    raise errors.MissingError(f"{full_name} is not prepared in {root} (no {folder}/<version>/); prepare it "
+                              f"with {build_hint}")
   try:
     return tfds.data_source(full_name, split=split, data_dir=data_dir or None, download=False)
+  except NotImplementedError as e:  # TFDS's words for "prepared in another file format"
+    raise errors.InputError(f"{folder}: prepared as TFRecord, which cannot be read at random; prepare it "
+                            f"again into another --data_dir with {build_hint}") from e
   except (AssertionError, FileNotFoundError, tfds.core.DatasetNotFoundError) as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     where = data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'
-    raise FileNotFoundError(
-        f"TFDS dataset {full_name!r} split {split!r} is not prepared in {where}. Build it once with "
-        f"`python scripts/prepare_data.py --dataset {name} --manual_dir PATH` "
-        f"(see README). TFDS said: {reason}") from e
+    raise errors.MissingError(
+          f"TFDS dataset {full_name!r} split {split!r} is not prepared in {where}. Build it once with "
+          f"`python scripts/prepare_data.py --dataset {name} --manual_dir PATH` "
+          f"(see README). TFDS said: {reason}") from e
 
 
 def _text(value) -> str:
@@ -88,44 +108,44 @@ def decode_example(example: Mapping, *, position: int | None = None) -> dict:
   """
   where = f'record {position}' if position is not None else 'example'
   if 'image_id' not in example:
-    raise ValueError(f"{where}: missing field 'image_id' (fields: {sorted(example)})")
+    raise errors.InputError(f"{where}: missing field 'image_id' (fields: {sorted(example)})")
   image_id = _text(example['image_id'])
   where = f"{where} (image_id {image_id!r})"
 
   image = np.asarray(example.get('image'))
   if image.dtype != np.uint8:
-    raise ValueError(f"{where}: field 'image' must be uint8, got {image.dtype}")
+    raise errors.InputError(f"{where}: field 'image' must be uint8, got {image.dtype}")
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
   if image.ndim == 2:  # Grey images become three equal channels, as the network expects RGB.
     image = np.repeat(image[..., None], 3, axis=-1)
   if image.ndim != 3 or image.shape[-1] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-    raise ValueError(f"{where}: field 'image' must be [H, W, 3] RGB, got shape {image.shape}")
+    raise errors.InputError(f"{where}: field 'image' must be [H, W, 3] RGB, got shape {image.shape}")
   height, width = image.shape[:2]
 
   objects = example.get('objects')
   if objects is None or 'bbox' not in objects or 'label' not in objects:
-    raise ValueError(f"{where}: field 'objects' must hold 'bbox' and 'label'")
+    raise errors.InputError(f"{where}: field 'objects' must hold 'bbox' and 'label'")
   bbox = np.asarray(objects['bbox'], np.float32)
   labels = np.asarray(objects['label'])
   if bbox.size == 0:
     bbox = bbox.reshape(0, 4)
   if bbox.ndim != 2 or bbox.shape[1] != 4:
-    raise ValueError(f"{where}: objects/bbox must be [n, 4] (ymin, xmin, ymax, xmax), got {bbox.shape}")
+    raise errors.InputError(f"{where}: objects/bbox must be [n, 4] (ymin, xmin, ymax, xmax), got {bbox.shape}")
   labels = labels.reshape(-1)
   if labels.shape[0] != bbox.shape[0]:
-    raise ValueError(f"{where}: objects/label has {labels.shape[0]} entries but objects/bbox has "
-                     f"{bbox.shape[0]}")
+    raise errors.InputError(f"{where}: objects/label has {labels.shape[0]} entries but objects/bbox has "
+                            f"{bbox.shape[0]}")
   if labels.size and not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"{where}: objects/label must be integers, got {labels.dtype}")
+    raise errors.InputError(f"{where}: objects/label must be integers, got {labels.dtype}")
   if labels.size and labels.min() < 0:
-    raise ValueError(f"{where}: objects/label has a negative class {int(labels.min())}")
+    raise errors.InputError(f"{where}: objects/label has a negative class {int(labels.min())}")
   if not np.all(np.isfinite(bbox)):
-    raise ValueError(f"{where}: objects/bbox has NaN or infinite values: {bbox.tolist()}")
+    raise errors.InputError(f"{where}: objects/bbox has NaN or infinite values: {bbox.tolist()}")
   bad = (bbox[:, 2] < bbox[:, 0]) | (bbox[:, 3] < bbox[:, 1])
   if bad.any():
-    raise ValueError(f"{where}: objects/bbox row {int(np.argmax(bad))} has max < min: "
-                     f"{bbox[np.argmax(bad)].tolist()}")
+    raise errors.InputError(f"{where}: objects/bbox row {int(np.argmax(bad))} has max < min: "
+                            f"{bbox[np.argmax(bad)].tolist()}")
   ymin, xmin, ymax, xmax = bbox.T
   boxes = np.stack([xmin * width, ymin * height, xmax * width, ymax * height], axis=1)
   return {
@@ -150,7 +170,7 @@ class DetectionSource:
     self._img_size = int(img_size)
     self._length = self._num_records if padded_length is None else int(padded_length)
     if self._length < self._num_records:
-      raise ValueError(f"padded_length {padded_length} < number of records {self._num_records}")
+      raise errors.InputError(f"padded_length {padded_length} < number of records {self._num_records}")
 
   @property
   def num_records(self) -> int:
@@ -279,15 +299,15 @@ class DetectionTrainMap(grain.RandomMapTransform):
 
 def _per_process_batch(global_batch: int, shard_count: int) -> int:
   if global_batch <= 0:
-    raise ValueError(f"batch size must be positive, got {global_batch}")
+    raise errors.InputError(f"batch size must be positive, got {global_batch}")
   if global_batch % shard_count:
-    raise ValueError(f"global batch size {global_batch} is not divisible by shard_count {shard_count}")
+    raise errors.InputError(f"global batch size {global_batch} is not divisible by shard_count {shard_count}")
   return global_batch // shard_count
 
 
 def _check_shard(shard_index: int, shard_count: int):
   if shard_count < 1 or not 0 <= shard_index < shard_count:
-    raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index} of {shard_count}")
+    raise errors.InputError(f"need 0 <= shard_index < shard_count, got {shard_index} of {shard_count}")
 
 
 def _loader(source, operations, *, num_rows: int, train: bool, seed: int, shard_index: int,
@@ -297,8 +317,8 @@ def _loader(source, operations, *, num_rows: int, train: bool, seed: int, shard_
   shard_options = grain.ShardOptions(shard_index=shard_index, shard_count=shard_count,
                                      drop_remainder=True)
   if num_rows // shard_count < batch and train:
-    raise ValueError(f"{num_rows} records give each of {shard_count} shards fewer than one batch "
-                     f"of {batch}")
+    raise errors.InputError(f"{num_rows} records give each of {shard_count} shards fewer than one batch "
+                            f"of {batch}")
   if num_workers > 0 and not absl_flags.FLAGS.is_parsed():
     # grain's multiprocessing reads its absl flags; a program that does not use absl.app (a notebook,
     # pytest) has not parsed them, so accept their defaults rather than fail on the first batch.
@@ -332,7 +352,7 @@ def make_detection_loader(source: Sequence, data_config, *, train: bool, seed: i
   workers = int(data_config.num_workers if num_workers is None else num_workers)
   num_records = len(source)
   if num_records == 0:
-    raise ValueError("the data source is empty")
+    raise errors.InputError("the data source is empty")
   if train:
     records = DetectionSource(source, img_size)
     operations = [DetectionTrainMap(records, img_size, max_boxes, data_config.aug)]
@@ -369,8 +389,8 @@ def crop_face(record: Mapping, box_index: int) -> np.ndarray:
   left, top = max(0, int(math.floor(x1 + eps))), max(0, int(math.floor(y1 + eps)))
   right, bottom = min(w, int(math.ceil(x2 - eps))), min(h, int(math.ceil(y2 - eps)))
   if right - left < 1 or bottom - top < 1:
-    raise ValueError(f"image_id {record['image_id']!r}: box {box_index} {[x1, y1, x2, y2]} covers no "
-                     f"pixel of the {w}x{h} image")
+    raise errors.InputError(f"image_id {record['image_id']!r}: box {box_index} {[x1, y1, x2, y2]} covers no "
+                            f"pixel of the {w}x{h} image")
   return record['image'][top:bottom, left:right]
 
 
@@ -395,8 +415,8 @@ class FaceSource:
     record_index, box_index = (int(v) for v in self._faces[index])
     record = decode_example(self._source[record_index], position=record_index)
     if box_index >= len(record['classes']):
-      raise ValueError(f"image_id {record['image_id']!r}: face {box_index} requested but the "
-                       f"example has {len(record['classes'])} boxes")
+      raise errors.InputError(f"image_id {record['image_id']!r}: face {box_index} requested but the "
+                              f"example has {len(record['classes'])} boxes")
     return {'image': crop_face(record, box_index), 'label': int(record['classes'][box_index]),
             'image_id': record['image_id'], 'index': index, 'valid': True}
 
@@ -440,7 +460,7 @@ def make_classification_loader(source: Sequence, data_config, *, train: bool, se
   workers = int(data_config.num_workers if num_workers is None else num_workers)
   faces = face_index(source) if faces is None else np.asarray(faces, np.int64).reshape(-1, 2)
   if len(faces) == 0:
-    raise ValueError("the data source has no faces (no boxes in any example)")
+    raise errors.InputError("the data source has no faces (no boxes in any example)")
   if train:
     rows = FaceSource(source, faces, img_size)
     operations = [ClassificationMap(img_size, data_config.aug)]

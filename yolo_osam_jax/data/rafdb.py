@@ -28,6 +28,7 @@ import re
 import tensorflow_datasets as tfds
 from etils import epath
 
+from yolo_osam_jax import errors
 from yolo_osam_jax.data import common
 from yolo_osam_jax.data import splits
 
@@ -62,9 +63,9 @@ def find_release_dir(manual_dir: str | os.PathLike, release: str) -> epath.Path:
   for candidate in (manual_dir / release, manual_dir):
     if (candidate / LABEL_LIST).exists():
       return candidate
-  raise FileNotFoundError(
-      f'RAF-DB {release}: no {LABEL_LIST} in {manual_dir / release} or {manual_dir}; point the manual '
-      f'dir at the folder holding `{release}/` (with EmoLabel/, Image/, Annotation/) or at `{release}/`')
+  raise errors.MissingError(
+        f'RAF-DB {release}: no {LABEL_LIST} in {manual_dir / release} or {manual_dir}; point the manual '
+        f'dir at the folder holding `{release}/` (with EmoLabel/, Image/, Annotation/) or at `{release}/`')
 
 
 def read_label_list(path: str | os.PathLike, num_classes: int,
@@ -80,51 +81,51 @@ def read_label_list(path: str | os.PathLike, num_classes: int,
   entries: list[LabelLine] = []
   seen: dict[str, LabelLine] = {}
   # A byte-order mark (files re-saved on Windows) would otherwise glue onto the first file name.
-  text = path.read_text().removeprefix('\ufeff')
+  text = errors.read_text(path, 'label list')
   for line_no, raw in enumerate(text.splitlines(), start=1):
     where = f'{where_file}:{line_no}'
     fields = raw.split()
     if not fields:
       continue
     if len(fields) != 2:
-      raise ValueError(f'{where}: expected "<file name> <label code>", got {raw!r}')
+      raise errors.InputError(f'{where}: expected "<file name> <label code>", got {raw!r}')
     file_name, code_text = fields
     if not _IMAGE_NAME.match(file_name):
-      raise ValueError(f'{where}: file name {file_name!r} is not train_<n>.jpg or test_<n>.jpg')
+      raise errors.InputError(f'{where}: file name {file_name!r} is not train_<n>.jpg or test_<n>.jpg')
     try:
       code = int(code_text)
     except ValueError:
-      raise ValueError(f'{where}: label code {code_text!r} is not an integer') from None
+      raise errors.InputError(f'{where}: label code {code_text!r} is not an integer') from None
     if not 1 <= code <= num_classes:
-      raise ValueError(f'{where}: label code {code} is outside 1..{num_classes}')
+      raise errors.InputError(f'{where}: label code {code} is outside 1..{num_classes}')
     entry = LabelLine(file_name, code - 1, file_name.split('_', 1)[0], where)
     if file_name in seen:
       first = seen[file_name]
       if first.label != entry.label:
-        raise ValueError(f'{where}: {file_name} is labelled {code}, but {first.where} labels it '
-                         f'{first.label + 1}')
+        raise errors.InputError(f'{where}: {file_name} is labelled {code}, but {first.where} labels it '
+                                f'{first.label + 1}')
       report.add('duplicate_file_name', where, f'same name as {first.where}')
       continue
     seen[file_name] = entry
     entries.append(entry)
   if not entries:
-    raise ValueError(f'{where_file}: no labelled images')
+    raise errors.InputError(f'{where_file}: no labelled images')
   return entries
 
 
 def read_boundingbox(path: str | os.PathLike) -> tuple[float, float, float, float]:
   """Reads `x_min y_min x_max y_max` (pixels) from a *_boundingbox.txt file."""
   path = epath.Path(path)
-  text = path.read_text()
+  text = errors.read_text(path, 'bounding-box file')
   fields = text.split()
   if len(fields) != 4:
-    raise ValueError(f'{path}: expected 4 numbers "x_min y_min x_max y_max", got {text.strip()!r}')
+    raise errors.InputError(f'{path}: expected 4 numbers "x_min y_min x_max y_max", got {text.strip()!r}')
   try:
     values = tuple(float(v) for v in fields)
   except ValueError:
-    raise ValueError(f'{path}: non-numeric coordinate in {text.strip()!r}') from None
+    raise errors.InputError(f'{path}: non-numeric coordinate in {text.strip()!r}') from None
   if not all(math.isfinite(v) for v in values):
-    raise ValueError(f'{path}: NaN or infinite coordinate in {text.strip()!r}')
+    raise errors.InputError(f'{path}: NaN or infinite coordinate in {text.strip()!r}')
   return values
 
 
@@ -145,20 +146,20 @@ def parse_rafdb(release_dir: str | os.PathLike, num_classes: int, aligned: bool,
   entries = read_label_list(release_dir / LABEL_LIST, num_classes, report)
   image_dir = release_dir / (ALIGNED_DIR if aligned else ORIGINAL_DIR)
   if not image_dir.is_dir():
-    raise FileNotFoundError(f'RAF-DB: image folder {image_dir} is missing')
+    raise errors.MissingError(f'RAF-DB: image folder {image_dir} is missing')
   on_disk = {p.name for p in image_dir.iterdir() if p.suffix.lower() == '.jpg'}
   records = []
   for entry in entries:
     image_name = aligned_name(entry.file_name) if aligned else entry.file_name
     if image_name not in on_disk:
-      raise FileNotFoundError(f'{entry.where}: {entry.file_name} is listed but {image_dir / image_name} '
-                              'does not exist')
+      raise errors.MissingError(f'{entry.where}: {entry.file_name} is listed but {image_dir / image_name} '
+                                'does not exist')
     box, box_file = None, None
     if not aligned:
       box_file = f"{BOUNDINGBOX_DIR}/{entry.file_name[:-len('.jpg')]}_boundingbox.txt"
       if not (release_dir / box_file).exists():
-        raise FileNotFoundError(f'{entry.where}: {entry.file_name} has no bounding-box file '
-                                f'{release_dir / box_file}')
+        raise errors.MissingError(f'{entry.where}: {entry.file_name} has no bounding-box file '
+                                  f'{release_dir / box_file}')
       box = read_boundingbox(release_dir / box_file)
     records.append({
         'image_id': entry.file_name,
@@ -173,8 +174,8 @@ def parse_rafdb(release_dir: str | os.PathLike, num_classes: int, aligned: bool,
   listed = {aligned_name(e.file_name) if aligned else e.file_name for e in entries}
   unlisted = sorted(on_disk - listed)
   if unlisted:
-    raise ValueError(f'RAF-DB: {len(unlisted)} image(s) in {image_dir} have no line in '
-                     f'{release_dir / LABEL_LIST}, e.g. {unlisted[:3]}')
+    raise errors.InputError(f'RAF-DB: {len(unlisted)} image(s) in {image_dir} have no line in '
+                            f'{release_dir / LABEL_LIST}, e.g. {unlisted[:3]}')
   return records
 
 

@@ -22,6 +22,8 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from yolo_osam_jax import errors
+
 PAPER_FRACTIONS = (0.7, 0.1, 0.2)
 PAPER_SPLIT_NAMES = ('train', 'validation', 'test')
 
@@ -43,7 +45,7 @@ def stratified_holdout(labels: Sequence[Hashable], fraction: float,
   Returns two sorted int64 index arrays.
   """
   if not 0.0 <= fraction < 1.0:
-    raise ValueError(f'holdout fraction must be in [0, 1), got {fraction}')
+    raise errors.InputError(f'holdout fraction must be in [0, 1), got {fraction}')
   labels = list(labels)
   rng = np.random.default_rng(seed)
   by_class: dict[Hashable, list[int]] = {}
@@ -63,7 +65,7 @@ def split_counts(n: int, split_fractions: Sequence[float] = PAPER_FRACTIONS) -> 
   """Items per split: floor(n * f) for every split but the first, the first takes the rest."""
   exact = [_exact(f) for f in split_fractions]
   if sum(exact) != 1 or any(f < 0 for f in exact):
-    raise ValueError(f'split fractions must be non-negative and sum to 1, got {tuple(split_fractions)}')
+    raise errors.InputError(f'split fractions must be non-negative and sum to 1, got {tuple(split_fractions)}')
   rest = [int((n * f).__floor__()) for f in exact[1:]]
   return [n - sum(rest)] + rest
 
@@ -92,9 +94,9 @@ def subject_folds(subjects: Sequence[Hashable], num_folds: int, seed: int) -> np
   subjects = list(subjects)
   unique = sorted(set(subjects))
   if num_folds < 2:
-    raise ValueError(f'num_folds must be at least 2, got {num_folds}')
+    raise errors.InputError(f'num_folds must be at least 2, got {num_folds}')
   if len(unique) < num_folds:
-    raise ValueError(f'{len(unique)} subjects cannot fill {num_folds} folds without sharing a subject')
+    raise errors.InputError(f'{len(unique)} subjects cannot fill {num_folds} folds without sharing a subject')
   counts = {subject: 0 for subject in unique}
   for subject in subjects:
     counts[subject] += 1
@@ -121,7 +123,7 @@ def kfold_split_strings(num_folds: int, fold: int) -> dict[str, str]:
   `tfds.data_source(split=...)` accepts. E.g. K=10, k=0: train 'fold2+...+fold9', validation 'fold1'.
   """
   if not 0 <= fold < num_folds:
-    raise ValueError(f'fold must be in [0, {num_folds}), got {fold}')
+    raise errors.InputError(f'fold must be in [0, {num_folds}), got {fold}')
   names = fold_split_names(num_folds)
   validation = (fold + 1) % num_folds
   train = [names[k] for k in range(num_folds) if k not in (fold, validation)]
@@ -134,7 +136,7 @@ def check_disjoint(ids_by_split: Mapping[str, Sequence[str]]) -> None:
   for split, ids in ids_by_split.items():
     for example_id in ids:
       if example_id in seen:
-        raise ValueError(f'id {example_id!r} is in split {seen[example_id]!r} and in {split!r}')
+        raise errors.InputError(f'id {example_id!r} is in split {seen[example_id]!r} and in {split!r}')
       seen[example_id] = split
 
 
@@ -187,12 +189,12 @@ def assign_splits(ids: Sequence[str], labels: Sequence[Hashable], *, scheme: str
   """
   n = len(ids)
   if len(labels) != n:
-    raise ValueError(f'{len(labels)} labels for {n} ids')
+    raise errors.InputError(f'{len(labels)} labels for {n} ids')
   labels = list(labels)
   params: dict[str, Any] = {}
   if scheme == 'official':
     if official is None or len(official) != n:
-      raise ValueError("scheme 'official' needs one official split name per record")
+      raise errors.InputError("scheme 'official' needs one official split name per record")
     names = sorted(set(official))
     indices = {name: np.asarray([i for i in range(n) if official[i] == name], np.int64)
                for name in names}
@@ -206,7 +208,7 @@ def assign_splits(ids: Sequence[str], labels: Sequence[Hashable], *, scheme: str
     params['fractions'] = list(PAPER_FRACTIONS)
   elif scheme == 'subject_kfold':
     if subjects is None or len(subjects) != n:
-      raise ValueError("scheme 'subject_kfold' needs one subject id per record")
+      raise errors.InputError("scheme 'subject_kfold' needs one subject id per record")
     fold_of_item = subject_folds(subjects, num_folds, seed)
     indices = {name: np.flatnonzero(fold_of_item == k).astype(np.int64)
                for k, name in enumerate(fold_split_names(num_folds))}
@@ -214,7 +216,7 @@ def assign_splits(ids: Sequence[str], labels: Sequence[Hashable], *, scheme: str
     params['subjects'] = {name: sorted({str(subjects[i]) for i in idx})
                           for name, idx in indices.items()}
   else:
-    raise ValueError(f'unknown split scheme {scheme!r}; expected one of {SCHEMES}')
+    raise errors.InputError(f'unknown split scheme {scheme!r}; expected one of {SCHEMES}')
   record = split_record(scheme, seed, {name: [ids[i] for i in idx] for name, idx in indices.items()},
                         **params)
   return indices, record

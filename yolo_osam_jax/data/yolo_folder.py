@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import yaml
 
+from yolo_osam_jax import errors
 from yolo_osam_jax.data import common
 
 # yaml split key -> TFDS split name (the project's configs use 'validation').
@@ -58,12 +59,12 @@ def find_yaml(manual_dir: str | os.PathLike) -> epath.Path:
   if path.is_file():
     return path
   if not path.exists():
-    raise FileNotFoundError(f'{path}: no such file or folder (expected data.yaml or its folder)')
+    raise errors.MissingError(f'{path}: no such file or folder (expected data.yaml or its folder)')
   if (path / 'data.yaml').exists():
     return path / 'data.yaml'
   candidates = sorted(path.glob('*.yaml')) + sorted(path.glob('*.yml'))
   if len(candidates) != 1:
-    raise FileNotFoundError(f'{path}: expected data.yaml (found {[c.name for c in candidates]})')
+    raise errors.MissingError(f'{path}: expected data.yaml (found {[c.name for c in candidates]})')
   return candidates[0]
 
 
@@ -71,29 +72,31 @@ def read_data_yaml(yaml_path: str | os.PathLike) -> dict:
   """Parses data.yaml: {'root': Path, 'names': [str], 'splits': {tfds split: [entries]}}."""
   yaml_path = epath.Path(yaml_path)
   try:
-    data = yaml.safe_load(yaml_path.read_text())
+    data = yaml.safe_load(errors.read_text(yaml_path, 'data.yaml'))
   except yaml.YAMLError as e:
-    raise ValueError(f'{yaml_path}: not valid YAML ({e})') from e
+    raise errors.InputError(f'{yaml_path}: not valid YAML ({e})') from e
   if not isinstance(data, dict):
-    raise ValueError(f'{yaml_path}: expected a mapping with path/train/val/test/names')
+    raise errors.InputError(f'{yaml_path}: expected a mapping with path/train/val/test/names')
 
   names = data.get('names')
   if isinstance(names, dict):
     try:
       by_index = {int(k): str(v) for k, v in names.items()}
     except (TypeError, ValueError) as e:
-      raise ValueError(f'{yaml_path}: field names: keys must be class ids 0..nc-1') from e
+      raise errors.InputError(f'{yaml_path}: field names: keys must be class ids 0..nc-1') from e
     if sorted(by_index) != list(range(len(by_index))):
-      raise ValueError(f'{yaml_path}: field names: class ids {sorted(by_index)} are not 0..{len(by_index) - 1}')
+      raise errors.InputError(f'{yaml_path}: field names: class ids {sorted(by_index)} are not 0..{len(by_index) - 1}')
     names = [by_index[i] for i in range(len(by_index))]
   elif isinstance(names, (list, tuple)):
     names = [str(n) for n in names]
   else:
-    raise ValueError(f'{yaml_path}: field names: expected a list or a dict of class names, got {names!r}')
+    raise errors.InputError(f'{yaml_path}: field names: expected a list or a dict of class names, got {names!r}')
   if not names:
-    raise ValueError(f'{yaml_path}: field names is empty')
+    raise errors.InputError(f'{yaml_path}: field names is empty')
+  if 'nc' in data and (isinstance(data['nc'], bool) or not isinstance(data['nc'], int)):
+    raise errors.InputError(f'{yaml_path}: field nc: {data["nc"]!r} is not an integer (the number of classes)')
   if 'nc' in data and int(data['nc']) != len(names):
-    raise ValueError(f'{yaml_path}: field nc is {data["nc"]} but names has {len(names)} entries')
+    raise errors.InputError(f'{yaml_path}: field nc is {data["nc"]} but names has {len(names)} entries')
 
   root = epath.Path(os.path.expanduser(str(data.get('path') or '.')))
   if not root.is_absolute():
@@ -105,7 +108,7 @@ def read_data_yaml(yaml_path: str | os.PathLike) -> dict:
       continue
     splits[split] = [entries] if isinstance(entries, str) else [str(e) for e in entries]
   if 'train' not in splits:
-    raise ValueError(f'{yaml_path}: field train is missing')
+    raise errors.InputError(f'{yaml_path}: field train is missing')
   return {'root': root, 'names': names, 'splits': splits, 'yaml': yaml_path}
 
 
@@ -127,7 +130,7 @@ def list_images(root: epath.Path, entries: list[str], yaml_path, key: str) -> li
     if path.is_dir():
       images.extend(common.iter_files(path, common.IMAGE_EXTENSIONS))
     elif path.is_file():
-      for line in path.read_text().splitlines():
+      for line in errors.read_text(path, 'image list').splitlines():
         line = line.strip()
         if not line:
           continue
@@ -136,7 +139,7 @@ def list_images(root: epath.Path, entries: list[str], yaml_path, key: str) -> li
         else:
           images.append(_resolve(root, line))
     else:
-      raise FileNotFoundError(f'{yaml_path}: field {key}: {entry} resolves to {path}, which does not exist')
+      raise errors.MissingError(f'{yaml_path}: field {key}: {entry} resolves to {path}, which does not exist')
   return images
 
 
@@ -154,7 +157,7 @@ def parse_label_file(path: epath.Path, where: str, num_classes: int,
                      report: common.BuildReport) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """(boxes [n, 4] normalised cx cy w h, classes [n], per-box 'file:line') of one label file."""
   boxes, classes, places, seen = [], [], [], set()
-  for number, line in enumerate(path.read_text().splitlines(), start=1):
+  for number, line in enumerate(errors.read_text(path, 'label file').splitlines(), start=1):
     fields = line.split()
     if not fields:
       continue
@@ -162,7 +165,7 @@ def parse_label_file(path: epath.Path, where: str, num_classes: int,
     try:
       values = [float(f) for f in fields]
     except ValueError:
-      raise ValueError(f'{place}: cannot read {line.strip()!r} (expected `cls cx cy w h`)') from None
+      raise errors.InputError(f'{place}: cannot read {line.strip()!r} (expected `cls cx cy w h`)') from None
     if len(values) == 5:
       cls, box = values[0], values[1:]
     elif len(values) >= 7 and len(values) % 2 == 1:
@@ -172,16 +175,16 @@ def parse_label_file(path: epath.Path, where: str, num_classes: int,
       box = [(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, high[0] - low[0], high[1] - low[1]]
       report.add('polygon_label', place, 'converted to its bounding box')
     else:
-      raise ValueError(f'{place}: {len(values)} values in {line.strip()!r} (expected `cls cx cy w h`)')
+      raise errors.InputError(f'{place}: {len(values)} values in {line.strip()!r} (expected `cls cx cy w h`)')
     if not np.all(np.isfinite(values)):
-      raise ValueError(f'{place}: NaN or infinite value in {line.strip()!r}')
+      raise errors.InputError(f'{place}: NaN or infinite value in {line.strip()!r}')
     if not cls.is_integer() or not 0 <= cls < num_classes:
-      raise ValueError(f'{place}: class {fields[0]} is outside 0..{num_classes - 1}')
+      raise errors.InputError(f'{place}: class {fields[0]} is outside 0..{num_classes - 1}')
     if min(values) < 0:
-      raise ValueError(f'{place}: negative value in {line.strip()!r}')
+      raise errors.InputError(f'{place}: negative value in {line.strip()!r}')
     if max(values[1:]) > _MAX_NORMALISED:
-      raise ValueError(f'{place}: value > {_MAX_NORMALISED} in {line.strip()!r}: labels must be '
-                       'normalised to the image size')
+      raise errors.InputError(f'{place}: value > {_MAX_NORMALISED} in {line.strip()!r}: labels must be '
+                              'normalised to the image size')
     key = (int(cls), *np.round(box, 6))
     if key in seen:
       report.add('duplicate_box', place, 'same class and box as an earlier line (dropped)')
@@ -214,9 +217,9 @@ class YoloFolder(common.DetectionBuilder):
       config = YoloFolderConfig(name=name, yaml_path=os.fspath(resolved),
                                 description=f'ultralytics folder {resolved}')
     if isinstance(config, YoloFolderConfig) and not config.yaml_path:
-      raise ValueError('yolo_folder needs its data.yaml: pass manual_dir (or yaml_path)')
+      raise errors.InputError('yolo_folder needs its data.yaml: pass manual_dir (or yaml_path)')
     if config is None or (isinstance(config, str) and config == 'default'):
-      raise ValueError('yolo_folder needs its data.yaml: pass manual_dir (or yaml_path)')
+      raise errors.InputError('yolo_folder needs its data.yaml: pass manual_dir (or yaml_path)')
     self._data_yaml = read_data_yaml(config.yaml_path) if isinstance(config, YoloFolderConfig) else None
     super().__init__(config=config, **kwargs)
 

@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from yolo_osam_jax import errors
 from yolo_osam_jax.evaluation import boxes as boxes_lib
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -258,16 +259,16 @@ def evaluate(gt: boxes_lib.GroundTruth, dt: boxes_lib.Detections, full: bool = F
 
 def _field(entry, key, where):
   if not isinstance(entry, dict) or key not in entry:
-    raise ValueError(f"{where}: missing field {key!r}")
+    raise errors.InputError(f"{where}: missing field {key!r}")
   return entry[key]
 
 
 def _bbox(value, where):
   if (not isinstance(value, (list, tuple)) or len(value) != 4
       or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-    raise ValueError(f"{where}: 'bbox' must be a list of 4 numbers [x, y, w, h], got {value!r}")
+    raise errors.InputError(f"{where}: 'bbox' must be a list of 4 numbers [x, y, w, h], got {value!r}")
   if not all(math.isfinite(v) for v in value) or value[2] < 0 or value[3] < 0:
-    raise ValueError(f"{where}: 'bbox' {value!r} must be finite with w, h >= 0")
+    raise errors.InputError(f"{where}: 'bbox' {value!r} must be finite with w, h >= 0")
   return [float(v) for v in value]
 
 
@@ -278,16 +279,16 @@ def ground_truth_from_coco(data: dict, source: str = 'ground truth') -> boxes_li
   """
   for key in ('images', 'annotations', 'categories'):
     if key not in data or not isinstance(data[key], list):
-      raise ValueError(f"{source}: expected a list under {key!r}")
+      raise errors.InputError(f"{source}: expected a list under {key!r}")
   image_ids = [_field(im, 'id', f"{source}: images[{i}]") for i, im in enumerate(data['images'])]
   categories = {}
   for i, cat in enumerate(data['categories']):
     cid = _field(cat, 'id', f"{source}: categories[{i}]")
     if cid in categories:
-      raise ValueError(f"{source}: categories[{i}]: duplicate category id {cid!r}")
+      raise errors.InputError(f"{source}: categories[{i}]: duplicate category id {cid!r}")
     categories[cid] = str(cat.get('name', cid))
   if len(set(image_ids)) != len(image_ids):
-    raise ValueError(f"{source}: duplicate image ids in 'images'")
+    raise errors.InputError(f"{source}: duplicate image ids in 'images'")
   image_ids = sorted(image_ids)
   cat_ids = sorted(categories)
   image_index = {im: i for i, im in enumerate(image_ids)}
@@ -304,14 +305,14 @@ def ground_truth_from_coco(data: dict, source: str = 'ground truth') -> boxes_li
     ann_id = ann.get('id') if isinstance(ann, dict) else None
     if ann_id is not None:
       if ann_id in seen_ids:
-        raise ValueError(f"{where}: duplicate annotation id {ann_id!r}")
+        raise errors.InputError(f"{where}: duplicate annotation id {ann_id!r}")
       seen_ids.add(ann_id)
     im = _field(ann, 'image_id', where)
     if im not in image_index:
-      raise ValueError(f"{where}: image_id {im!r} is not in 'images'")
+      raise errors.InputError(f"{where}: image_id {im!r} is not in 'images'")
     cid = _field(ann, 'category_id', where)
     if cid not in cat_index:
-      raise ValueError(f"{where}: category_id {cid!r} is not in 'categories'")
+      raise errors.InputError(f"{where}: category_id {cid!r} is not in 'categories'")
     image[i], classes[i] = image_index[im], cat_index[cid]
     bbox[i] = _bbox(_field(ann, 'bbox', where), where)
     area[i] = float(ann['area']) if 'area' in ann else bbox[i, 2] * bbox[i, 3]
@@ -332,7 +333,7 @@ def detections_from_coco(results: list, gt: boxes_lib.GroundTruth, category_ids:
   image and a category of the ground truth.
   """
   if not isinstance(results, list):
-    raise ValueError(f"{source}: expected a list of detections")
+    raise errors.InputError(f"{source}: expected a list of detections")
   image_index = {im: i for i, im in enumerate(gt.image_ids)}
   cat_index = {c: i for i, c in enumerate(category_ids)}
   fast = _detections_fast(results, image_index, cat_index)
@@ -348,13 +349,13 @@ def detections_from_coco(results: list, gt: boxes_lib.GroundTruth, category_ids:
     where = f"{source}: [{i}]"
     im = _field(det, 'image_id', where)
     if im not in image_index:
-      raise ValueError(f"{where}: image_id {im!r} is not an image of the ground truth")
+      raise errors.InputError(f"{where}: image_id {im!r} is not an image of the ground truth")
     cid = _field(det, 'category_id', where)
     if cid not in cat_index:
-      raise ValueError(f"{where}: category_id {cid!r} is not a category of the ground truth")
+      raise errors.InputError(f"{where}: category_id {cid!r} is not a category of the ground truth")
     score = _field(det, 'score', where)
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-      raise ValueError(f"{where}: 'score' must be a finite number, got {score!r}")
+      raise errors.InputError(f"{where}: 'score' must be a finite number, got {score!r}")
     image[i], classes[i], scores[i] = image_index[im], cat_index[cid], float(score)
     bbox[i] = _bbox(_field(det, 'bbox', where), where)
   return boxes_lib.make_detections(image, bbox, classes, scores, gt.num_images, gt.num_classes)
@@ -376,9 +377,11 @@ def _detections_fast(results, image_index, cat_index):
 
 def load_json(path: str, what: str):
   try:
-    with open(path) as f:
+    with open(path, encoding='utf-8') as f:
       return json.load(f)
   except OSError as e:
-    raise ValueError(f"{what} file {path}: cannot be read ({e.strerror})") from e
+    raise errors.InputError(f"{what} file {path}: cannot be read ({e.strerror})") from e
+  except UnicodeDecodeError as e:
+    raise errors.InputError(f"{what} file {path}: not UTF-8 text (byte offset {e.start})") from None
   except json.JSONDecodeError as e:
-    raise ValueError(f"{what} file {path}: not valid JSON (line {e.lineno}: {e.msg})") from e
+    raise errors.InputError(f"{what} file {path}: not valid JSON (line {e.lineno}: {e.msg})") from e

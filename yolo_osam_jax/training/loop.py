@@ -30,8 +30,10 @@ compared to training); only process 0 writes files.
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
+import shutil
 import time
 from typing import Any, Mapping, Sequence
 
@@ -42,7 +44,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from yolo_osam_jax import autoanchor, checkpoint, io_utils, losses, models, visualize
+from yolo_osam_jax import autoanchor, checkpoint, errors, io_utils, losses, models, runlock, visualize
 from yolo_osam_jax import evaluation
 from yolo_osam_jax.data import pipeline
 from yolo_osam_jax.training import optim
@@ -62,8 +64,9 @@ RESULTS_CSV = 'results.csv'
 METRICS_JSON = 'metrics.json'
 
 
-class TrainingDiverged(RuntimeError):
-  """Too many consecutive steps with NaN/Inf loss or gradients (train.max_bad_steps)."""
+class TrainingDiverged(errors.UserError, RuntimeError):
+  """Too many consecutive steps with NaN/Inf loss or gradients, or a loss above train.max_loss
+  (train.max_bad_steps), or NaN/Inf predictions at validation. The last good checkpoints are kept."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -98,8 +101,8 @@ def resolve_workdir(config, workdir: str | None = None, resume: bool = False,
   existing = sorted(int(d) for d in os.listdir(base) if d.isdigit()) if os.path.isdir(base) else []
   if resume:
     if not existing:
-      raise FileNotFoundError(f"--resume: no run of {config.name!r} under {base}/ to resume; pass "
-                              "--workdir of the run")
+      raise errors.MissingError(f"--resume: no run of {config.name!r} under {base}/ to resume; pass "
+                                "--workdir of the run")
     return os.path.abspath(os.path.join(base, str(existing[-1])))
   return os.path.abspath(os.path.join(base, str(existing[-1] + 1 if existing else 1)))
 
@@ -163,8 +166,8 @@ def transfer_weights(variables, pretrained) -> tuple[dict, int, int]:
         transferred += 1
     out[collection] = traverse_util.unflatten_dict(ours)
   if transferred == 0:
-    raise ValueError('train.init_from: no tensor of the checkpoint matches the model (different '
-                     'architecture?)')
+    raise errors.InputError('train.init_from: no tensor of the checkpoint matches the model (different '
+                            'architecture?)')
   return out, transferred, total
 
 
@@ -197,12 +200,16 @@ def _write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
   for row in rows:
     fields.extend(k for k in row if k not in fields)
   tmp = path + '.tmp'
-  with open(tmp, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=fields, restval='')
-    writer.writeheader()
-    for row in rows:
-      writer.writerow(row)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=fields, restval='')
+      writer.writeheader()
+      for row in rows:
+        writer.writerow(row)
+    os.replace(tmp, path)
+  except OSError as e:  # e.g. a full disk: the previous file is still whole
+    io_utils.discard(tmp)
+    raise errors.output_error(path, e) from e
 
 
 class _Writer:
@@ -286,7 +293,13 @@ class Evaluator:
           for key, value in parts.items():
             loss_sums[key] = loss_sums.get(key, 0.0) + float(value) * count
           loss_images += count
-      return np.asarray(self._predict(variables, jax.device_put(batch['image'], self._device)))
+      out = np.asarray(self._predict(variables, jax.device_put(batch['image'], self._device)))
+      if not np.all(np.isfinite(out)):
+        # Checked here, before any best/ or last/ is written from these weights.
+        raise TrainingDiverged('the model\'s predictions hold NaN/Inf values (the weights diverged); '
+                               'best/ and last/ keep the last good weights. Lower train.lr0 or check '
+                               'the data.')
+      return out
 
     results = evaluation.evaluate_batches(predict_fn, loader, self._config.eval, self._class_names)
     if self._loss is not None:
@@ -320,22 +333,34 @@ def _save_checkpoint(manager, state, iterator, progress) -> None:
   iterator_state = iterator.get_state()
   if isinstance(iterator_state, bytes):
     iterator_state = iterator_state.decode('utf-8')
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave({'iterator': iterator_state}),
-      progress=ocp.args.JsonSave(progress)), force=True)
-  manager.wait_until_finished()
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave({'iterator': iterator_state}),
+        progress=ocp.args.JsonSave(progress)), force=True)
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001 - orbax/tensorstore wrap the OS error in their own types
+    if getattr(e, 'errno', None) == errno.ENOSPC or 'No space left on device' in str(e):
+      # orbax writes into a temporary folder first: the earlier checkpoints are intact.
+      raise errors.OutputError(f'no space left on device while writing {manager.directory}/{step}; '
+                               'the earlier checkpoints are intact') from e
+    raise
 
 
 def _restore_checkpoint(manager, state, iterator) -> tuple[Any, dict]:
   step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f"--resume: no checkpoint in {manager.directory}")
+    raise errors.MissingError(f"--resume: no checkpoint in {manager.directory}")
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
       progress=ocp.args.JsonRestore()))
+  restored_state = restored['state']
+  for name in ('params', 'batch_stats', 'ema_params', 'ema_batch_stats'):
+    # Saves refuse NaN/Inf; a value that changed on disk since is named here instead of training on it.
+    checkpoint.check_finite(step_lib.to_host(getattr(restored_state, name)),
+                            f'{manager.directory}/{step}/state: {name}')
   iterator.set_state(restored['data']['iterator'].encode('utf-8'))
   log.info('resumed from %s/%d (epoch %d, step %d of the epoch)', manager.directory, step,
            restored['progress']['epoch'], restored['progress']['step_in_epoch'])
@@ -362,7 +387,7 @@ def _summary(results: Mapping) -> dict[str, float]:
   return summary
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None, *,
+def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str | None = None, *,
                        resume: bool = False, sources: Mapping[str, Sequence] | None = None,
                        class_names: Sequence[str] | None = None, stop_at_step: int | None = None,
                        show_progress: bool = True, mesh=None) -> dict:
@@ -399,16 +424,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   sources = dict(sources) if sources is not None else open_sources(config)
   for role in ('train', 'validation'):
     if role not in sources:
-      raise ValueError(f"training needs a {role!r} split (config.data.{'train' if role == 'train' else 'val'}"
-                       "_split)")
+      raise errors.InputError(f"training needs a {role!r} split (config.data.{'train' if role == 'train' else 'val'}"
+                              "_split)")
   if class_names is None:
     class_names = source_class_names(sources['train'])
   if class_names is None:
     raise ValueError('class_names are needed when the sources carry no TFDS dataset info')
   class_names = list(class_names)
   if len(class_names) != int(config.model.num_classes):
-    raise ValueError(f"config.model.num_classes = {config.model.num_classes} but the dataset has "
-                     f"{len(class_names)} classes ({', '.join(class_names)})")
+    raise errors.InputError(f"config.model.num_classes = {config.model.num_classes} but the dataset has "
+                            f"{len(class_names)} classes ({', '.join(class_names)})")
   # Checkpoints carry the names, so prediction and export never need the dataset (predict.class_names_of).
   with config.unlocked():
     config.data.class_names = class_names
@@ -424,9 +449,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       shard_index=shard_index, shard_count=shard_count)
   steps_per_epoch = steps_per_epoch_of(len(sources['train']), global_batch, shard_count)
   if steps_per_epoch < 1:
-    raise ValueError(f"{len(sources['train'])} training images give no full batch of {global_batch}")
+    raise errors.InputError(f"{len(sources['train'])} training images give no full batch of {global_batch}")
   if global_batch % mesh.devices.size:
-    raise ValueError(f"data.batch_size {global_batch} is not divisible by the {mesh.devices.size} devices")
+    raise errors.InputError(f"data.batch_size {global_batch} is not divisible by the {mesh.devices.size} devices")
   epochs = int(config.train.epochs)
 
   # Pretrained weights and anchors, then AutoAnchor (fresh runs only: a resumed run keeps its anchors).
@@ -472,7 +497,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       step_lib.train_step_fn(
           step_lib.make_detection_loss_fn(model, config.model, img_size, losses.hyp_of(config)), tx,
           ema_decay=float(config.train.get('ema_decay', 0.9999)),
-          ema_tau=float(config.train.get('ema_tau', 2000.0)), use_ema=use_ema),
+          ema_tau=float(config.train.get('ema_tau', 2000.0)), use_ema=use_ema,
+          max_loss=float(config.train.get('max_loss', 0.0) or 0.0)),
       mesh)
 
   manager = _checkpoint_manager(workdir, int(config.train.get('keep_checkpoints', 2)))
@@ -526,12 +552,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         if is_main and global_step <= visualize.TRAIN_BATCH_PICTURES:
           visualize.safely(visualize.save_train_batch, batch, class_names, workdir, global_step - 1)
         if not metrics['finite']:
-          log.warning('step %d: loss or gradients are NaN/Inf; the update was skipped (%d in a row, %d '
-                      'in total)', global_step, metrics['bad_steps'], metrics['total_bad_steps'])
+          log.warning('step %d: loss or gradients are NaN/Inf (or the loss exceeds train.max_loss); the '
+                      'update was skipped (%d in a row, %d in total)', global_step, metrics['bad_steps'], metrics['total_bad_steps'])
           if int(metrics['bad_steps']) >= max_bad:
             raise TrainingDiverged(
                 f'training stopped at epoch {epoch + 1}, step {global_step}: {int(metrics["bad_steps"])} '
-                f'consecutive steps with NaN/Inf loss or gradients (train.max_bad_steps = {max_bad}); '
+                f'consecutive steps with NaN/Inf loss or gradients, or a loss above train.max_loss '
+                f'(train.max_bad_steps = {max_bad}); '
                 f'nothing was saved from these steps, the last checkpoint in {manager.directory} is '
                 'intact. Lower train.lr0, check the data, or disable model.dtype bfloat16.')
         else:
@@ -604,6 +631,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   return _finish(config, workdir, evaluator, sources, progress, is_main)
 
 
+# What a run writes into its workdir: a fresh run refuses to start over these unless told to overwrite.
+RUN_OUTPUTS = (CONFIG_FILE, CHECKPOINT_DIR, BEST_DIR, LAST_DIR, RESULTS_CSV, METRICS_JSON, 'tensorboard',
+               'test_metrics.txt')
+
+
+def existing_run_outputs(workdir: str) -> list[str]:
+  """The names in RUN_OUTPUTS that `workdir` already holds."""
+  return [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(workdir, name))]
+
+
+def check_img_size(config) -> None:
+  """data.img_size must be a positive multiple of the model's largest stride (checked before any work)."""
+  img_size = config.data.img_size
+  module = models.build(config.model)
+  stride = max(module.layers[s].stride for s in module.layers[-1].sources)
+  if not isinstance(img_size, int) or img_size <= 0 or img_size % stride:
+    nearest = max(stride, round(int(img_size or 0) / stride) * stride) if isinstance(img_size, int) else 128
+    raise errors.InputError(f'config.data.img_size = {img_size!r}: must be a positive multiple of the '
+                            f'largest stride {stride} (e.g. {nearest})')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None, *,
+                       resume: bool = False, overwrite: bool = False, **kwargs) -> dict:
+  """Trains `config` in `workdir` while holding its lock file; see `_train_and_evaluate_locked` for the
+  arguments and what is written.
+
+  A fresh run (resume=False) into a workdir that already holds a run's outputs raises RunExistsError,
+  unless `overwrite` is set: then those outputs are deleted first. A second training in the same workdir
+  raises LockedError naming the process that holds it.
+  """
+  workdir = resolve_workdir(config, workdir, resume)
+  if jax.process_index() != 0:
+    return _train_and_evaluate_locked(config, workdir, resume=resume, **kwargs)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.OutputError(f'{workdir}: --workdir is an existing file, not a folder')
+  errors.check_output_dir(workdir, 'workdir')
+  with runlock.WorkdirLock(workdir):
+    found = existing_run_outputs(workdir)
+    if found and not resume:
+      if not overwrite:
+        raise errors.RunExistsError(
+            f'{workdir} holds a run ({", ".join(found)}): use --resume, or a new --workdir '
+            '(or --overwrite to delete it)')
+      for name in found:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        else:
+          os.remove(path)
+      log.info('--overwrite: deleted the previous run in %s (%s)', workdir, ', '.join(found))
+    if not resume:
+      check_img_size(config)
+    return _train_and_evaluate_locked(config, workdir, resume=resume, **kwargs)
+
+
 def _finish(config, workdir, evaluator, sources, progress, is_main) -> dict:
   """Test-split evaluation of the best weights; metrics.json and the evaluator's plots."""
   best_dir = os.path.join(workdir, BEST_DIR)
@@ -636,9 +718,12 @@ def _finish(config, workdir, evaluator, sources, progress, is_main) -> dict:
     table = evaluation.format_table(results)
     log.info('test split, best weights (epoch %d):\n%s', out['best_epoch'], table)
     if is_main:
-      with open(os.path.join(workdir, 'test_metrics.txt'), 'w') as f:
-        f.write(table + '\n')
-      evaluation.save_plots(results, workdir)
+      try:
+        with open(os.path.join(workdir, 'test_metrics.txt'), 'w') as f:
+          f.write(table + '\n')
+        evaluation.save_plots(results, workdir)
+      except OSError as e:
+        raise errors.output_error(e.filename or workdir, e) from e
   if is_main:
     io_utils.write_json_atomic(os.path.join(workdir, METRICS_JSON), out)
   return out

@@ -94,8 +94,11 @@ def _all_finite(tree) -> jax.Array:
 
 
 def train_step_fn(loss_fn: Callable, tx: optax.MultiSteps, ema_decay: float = 0.9999,
-                  ema_tau: float = 2000.0, use_ema: bool = True) -> Callable:
+                  ema_tau: float = 2000.0, use_ema: bool = True, max_loss: float = 0.0) -> Callable:
   """The un-jitted step: (state, batch) -> (state, metrics). See `jit_train_step` for the compiled one.
+
+  max_loss > 0: a step whose per-image loss (the sum of the components) exceeds it is dropped like a
+  NaN step: a diverging run's loss can stay finite (1e13) while its weights become garbage.
 
   metrics: 'loss' (total = components · batch), the loss's components (e.g. 'box', 'obj', 'cls'),
   'finite' (this step was applied),
@@ -124,6 +127,8 @@ def train_step_fn(loss_fn: Callable, tx: optax.MultiSteps, ema_decay: float = 0.
 
     finite = (jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params) &
               _all_finite(batch_stats))
+    if max_loss > 0:
+      finite = finite & (sum(parts.values()) <= max_loss)
     applied = TrainState(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
         ema_params=ema_params, ema_batch_stats=ema_batch_stats, rng=rng,
