@@ -187,3 +187,10 @@ def test_auto_faces_and_warning(demo_checkpoint, tmp_path, caplog):
                                             class_names=list('abcdefg')).face_finder is None
   with pytest.raises(ValueError, match="unknown face finder 'dlib'"):
     predict.Recognizer.from_checkpoint(crop_model, faces='dlib')
+
+
+def test_rafdb_original_config():
+  from configs import rafdb_original  # pylint: disable=g-import-not-at-top
+  config = rafdb_original.get_config()
+  assert predict.training_data_of(config) == faces.TrainingData('rafdb_basic', 'original', 'face_boxes', 320)
+  assert config.data.aug.mosaic == 1.0 and config.train.lr0 == 0.01 and config.model.num_classes == 7
