@@ -13,6 +13,11 @@ back to the original pixels with the exact inverse of the letterbox, then clippe
 Shapes are static: a call's images are cut into chunks padded to a batch-size bucket (1, 8 or 32 by
 default), and one jitted function (model + decoding + NMS) serves every call, so XLA compiles once per
 (bucket, input size) and repeated calls never recompile. `trace_count()` counts the traces.
+
+Photographs and models trained on aligned face crops: `from_checkpoint(path, faces='auto')` finds faces
+with OpenCV's Haar cascade first and names each crop's expression (two-stage, faces.py) when the
+checkpoint was trained on whole-image crops; `training_data_of(config)` says what a checkpoint was
+trained on. `Recognizer.stream(source)` yields per-frame results of videos, cameras, folders (sources.py).
 """
 
 from __future__ import annotations
@@ -234,7 +239,8 @@ class Recognizer:
                face_finder=None, face_margin: float = faces_lib.DEFAULT_MARGIN, training_data=None):
     self.module = module
     # Two-stage recognition (faces.py) when a face finder is given: image → faces → crops → model.
-    self.face_finder = None if face_finder is None else faces_lib.face_finder(face_finder)
+    self.face_finder = (None if face_finder is None or face_finder == 'model'
+                        else faces_lib.face_finder(face_finder))
     if not face_margin > 0:
       raise ValueError(f'face_margin must be positive, got {face_margin}')
     self.face_margin = float(face_margin)
