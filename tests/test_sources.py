@@ -20,6 +20,18 @@ def _scenes(count, first_seed=10_100):
                                        _demo_fixture_scene())[0] for i in range(count)]
 
 
+def assert_same(found, expected):
+  """Per image, the same detections up to float rounding: a different batch (or place in it) changes
+  the last bits of XLA's convolutions."""
+  assert len(found) == len(expected)
+  for f, e in zip(found, expected):
+    assert [d.class_id for d in f] == [d.class_id for d in e]
+    for a, b in zip(f, e):
+      np.testing.assert_allclose(a.box, b.box, atol=1e-3)
+      np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-5)
+      np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+
+
 @pytest.fixture(scope='module')
 def rec(demo_checkpoint):
   return predict.Recognizer.from_checkpoint(demo_checkpoint)
@@ -34,7 +46,7 @@ def test_stream_folder_equals_predict(rec, tmp_path):
   assert [r.source for r in results] == [str(tmp_path / f'scene_{i}.png') for i in range(5)]
   assert all(r.frame is None for r in results)
   expected = rec.predict([str(tmp_path / f'scene_{i}.png') for i in range(5)])
-  assert [r.detections for r in results] == expected
+  assert_same([r.detections for r in results], expected)
   assert sum(len(d) for d in expected) >= 4  # the fixture model finds the faces it was trained on
   for r, image in zip(results, images):
     np.testing.assert_array_equal(r.image, image)  # PNG is lossless
@@ -60,7 +72,7 @@ def test_stream_video_frames(rec, tmp_path):
 
   results = list(rec.stream(path, batch_size=3))
   assert [r.frame for r in results] == list(range(7))
-  assert [r.detections for r in results] == rec.predict(decoded)
+  assert_same([r.detections for r in results], rec.predict(decoded))
   assert len(list(rec.stream(path, max_frames=4))) == 4
   # A glob over a folder and the video together: images first in name order, then the video frames.
   cv2.imwrite(str(tmp_path / 'a.png'), frames[0][..., ::-1])
@@ -127,4 +139,6 @@ def test_script_warns_once_for_synthetic(demo_checkpoint, tmp_path, caplog):
   assert len([r for r in caplog.records if 'drawn faces (synthetic_faces)' in r.getMessage()]) == 1
   records = json.loads((tmp_path / 'out' / 'detections.json').read_text())
   rec = predict.Recognizer.from_checkpoint(demo_checkpoint)
-  assert records[0]['detections'] == [d.to_dict() for d in rec.predict(image)]
+  found = [predict.Detection(tuple(d['box']), d['class_id'], d['name'], d['confidence'],
+                             tuple(d['probabilities'])) for d in records[0]['detections']]
+  assert_same([found], [rec.predict(image)])
