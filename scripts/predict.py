@@ -4,6 +4,12 @@
   python scripts/predict.py --checkpoint runs/train/1/best --source photos/ 'more/*.png' clip.mp4
   python scripts/predict.py --checkpoint runs/train/1/best --source 0            # webcam 0
   python scripts/predict.py --checkpoint runs/train/1/best --source rtsp://host/stream --max-frames 500
+  python scripts/predict.py --checkpoint runs/rafdb/best --source group.jpg --faces haar   # two-stage
+  python scripts/predict.py --checkpoint runs/train/1/best --source 0 --show      # live window
+
+--faces auto (default) finds faces with OpenCV's Haar cascade and names each crop's expression when the
+model was trained on whole-image face crops (RAF-DB aligned, FER2013, CK+48); --faces model makes the
+model find them itself. A model trained on the drawn synthetic faces gets one warning line.
 
 Outputs go to runs/predict/<n>/ (the next free n) or --out:
   <name>.<ext> / <name>.mp4   annotated images / videos (box, expression, confidence)   --save images
@@ -19,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import json
 import os
 import sys
@@ -31,10 +36,10 @@ from tqdm import tqdm
 
 from yolo_osam_jax import errors as errors_lib
 from yolo_osam_jax import predict as predict_lib
+from yolo_osam_jax import sources as sources_lib
 from yolo_osam_jax import visualize
 
-VIDEO_EXTENSIONS = ('.asf', '.avi', '.gif', '.m4v', '.mkv', '.mov', '.mp4', '.mpeg', '.mpg', '.ts',
-                    '.wmv', '.webm')
+VIDEO_EXTENSIONS = sources_lib.VIDEO_EXTENSIONS
 SAVE_KINDS = ('images', 'json', 'csv', 'txt')
 
 
@@ -50,60 +55,8 @@ class Errors(list):
 # Sources.
 
 
-def _kind_of(path: str) -> str | None:
-  ext = os.path.splitext(path)[1].lower()
-  if ext in predict_lib.IMAGE_EXTENSIONS:
-    return 'image'
-  if ext in VIDEO_EXTENSIONS:
-    return 'video'
-  return None
-
-
-def expand_sources(sources, errors: Errors) -> list[tuple[str, object]]:
-  """(kind, what) per input: ('image', path), ('video', path), ('camera', index) or ('stream', url).
-
-  Problems (missing path, glob without matches, unsupported file type) are appended to `errors`.
-  """
-  out = []
-  for source in sources:
-    source = str(source)
-    if source.isdigit():
-      out.append(('camera', int(source)))
-    elif '://' in source:
-      out.append(('stream', source))
-    elif os.path.isdir(source):
-      names = sorted(os.listdir(source))
-      if not names:
-        errors.append(f'{source}: empty folder')
-      for name in names:
-        path = os.path.join(source, name)
-        if os.path.isdir(path):
-          continue  # folders are not searched recursively; give `dir/**/*.jpg` for that
-        kind = _kind_of(path)
-        if kind is None:
-          errors.append(f'{path}: unsupported file type (not an image or video extension), skipped')
-        else:
-          out.append((kind, path))
-    elif any(c in source for c in '*?['):
-      matches = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
-      if not matches:
-        errors.append(f'{source}: no files match this pattern')
-      for path in matches:
-        kind = _kind_of(path)
-        if kind is None:
-          errors.append(f'{path}: unsupported file type (not an image or video extension), skipped')
-        else:
-          out.append((kind, path))
-    elif not os.path.exists(source):
-      errors.append(f'{source}: no such file or folder')
-    else:
-      kind = _kind_of(source)
-      if kind is None:
-        errors.append(f'{source}: unsupported file type; images: {" ".join(predict_lib.IMAGE_EXTENSIONS)}'
-                      f'; videos: {" ".join(VIDEO_EXTENSIONS)}')
-      else:
-        out.append((kind, source))
-  return out
+_kind_of = sources_lib.kind_of
+expand_sources = sources_lib.expand_sources  # (sources, errors) → [(kind, what)]; moved to the package
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,6 +100,7 @@ class Writers:
     self.used_names: set[str] = set()
     # Real paths of every input file: an output never replaces one (--out may be a source folder).
     self.inputs: set[str] = set()
+    self.show = False  # --show: each annotated image / frame also goes to a window
     self.csv_file = self.csv = None
     if 'csv' in save:
       self.csv_file = open(os.path.join(out_dir, 'detections.csv'), 'w', newline='')
@@ -155,6 +109,12 @@ class Writers:
                         + [f'p_{n}' for n in self.class_names])
     if 'txt' in save:
       os.makedirs(os.path.join(out_dir, 'labels'), exist_ok=True)
+
+  def display(self, title: str, image_bgr: np.ndarray, line_width, detections) -> None:
+    """With --show, the annotated image in a window (needs OpenCV's GUI build; checked in main)."""
+    if self.show:
+      cv2.imshow(title, annotate(image_bgr, detections, line_width))
+      cv2.waitKey(1)
 
   def unique_stem(self, source: str) -> str:
     """The output name of a source: its file stem, suffixed _2, _3, … when an earlier source had it."""
@@ -228,6 +188,7 @@ def run_images(recognizer, paths, writers: Writers, batch_size: int, errors: Err
     for (path, image), detections in zip(loaded, results):
       stem = writers.unique_stem(path)
       writers.add(path, None, image.shape[:2], detections, stem)
+      writers.display('predict', image[..., ::-1], writers.line_width, detections)
       if 'images' in writers.save:
         ext = os.path.splitext(path)[1].lower()
         ext = ext if ext in ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff') else '.png'
@@ -272,6 +233,7 @@ def run_video(recognizer, kind: str, what, writers: Writers, batch_size: int, er
       results = recognizer.predict_rgb([np.ascontiguousarray(f[..., ::-1]) for f in frames])
       for frame, detections in zip(frames, results):
         writers.add(source, frame_index, frame.shape[:2], detections, stem)
+        writers.display(label, frame, writers.line_width, detections)
         if 'images' in writers.save:
           if writer is None:
             out = writers.output_path(stem, '.mp4')
@@ -314,6 +276,12 @@ def parse_args(argv):
   parser.add_argument('--line-width', type=int, default=None, help='box line width (default: by size)')
   parser.add_argument('--max-frames', type=int, default=None,
                       help='stop each video / camera / stream after this many frames')
+  parser.add_argument('--faces', default='auto', choices=('auto', 'model', 'haar', 'haar_profile'),
+                      help="who finds the faces: 'model' (one stage), 'haar' (OpenCV's cascade, then the "
+                           "model names each face crop's expression; 'haar_profile' adds the profile "
+                           "cascade), 'auto': haar for models trained on whole-image face crops")
+  parser.add_argument('--show', action='store_true',
+                      help='show each annotated image / frame in a window (needs the GUI build of OpenCV)')
   return parser, parser.parse_args(argv)
 
 
@@ -326,9 +294,11 @@ def main(argv=None) -> int:
     parser.error(f'--save: unknown outputs {sorted(save - set(SAVE_KINDS))}; choose among {SAVE_KINDS}')
   if args.batch_size < 1:
     parser.error('--batch-size must be ≥ 1')
+  if args.show and not sources_lib.gui_available():
+    raise errors_lib.InputError(sources_lib.SHOW_NEEDS_GUI)
   recognizer = predict_lib.Recognizer.from_checkpoint(
       args.checkpoint, conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det,
-      img_size=args.img_size, classes=args.classes,
+      img_size=args.img_size, classes=args.classes, faces=args.faces,
       batch_buckets=sorted({1, *(b for b in predict_lib.BATCH_BUCKETS if b < args.batch_size),
                             args.batch_size}))
 
@@ -344,6 +314,7 @@ def main(argv=None) -> int:
   except OSError as e:
     raise errors_lib.output_error(getattr(e, 'filename', None) or out_dir, e) from e
   writers.inputs = {os.path.realpath(what) for kind, what in sources if kind in ('image', 'video')}
+  writers.show = args.show
   images = [what for kind, what in sources if kind == 'image']
   num_images = run_images(recognizer, images, writers, args.batch_size, errors)
   num_frames = 0

@@ -13,6 +13,11 @@ back to the original pixels with the exact inverse of the letterbox, then clippe
 Shapes are static: a call's images are cut into chunks padded to a batch-size bucket (1, 8 or 32 by
 default), and one jitted function (model + decoding + NMS) serves every call, so XLA compiles once per
 (bucket, input size) and repeated calls never recompile. `trace_count()` counts the traces.
+
+Photographs and models trained on aligned face crops: `from_checkpoint(path, faces='auto')` finds faces
+with OpenCV's Haar cascade first and names each crop's expression (two-stage, faces.py) when the
+checkpoint was trained on whole-image crops; `training_data_of(config)` says what a checkpoint was
+trained on. `Recognizer.stream(source)` yields per-frame results of videos, cameras, folders (sources.py).
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolo_osam_jax import checkpoint, errors, models
+from yolo_osam_jax import checkpoint, errors, faces as faces_lib, models
 from yolo_osam_jax.data import transforms
 from yolo_osam_jax.evaluation import nms as nms_lib
 
 log = logging.getLogger(__name__)
+
+training_data_of = faces_lib.training_data_of  # what a checkpoint config was trained on (faces.py)
 
 BATCH_BUCKETS = (1, 8, 32)
 IMAGE_EXTENSIONS = ('.bmp', '.dng', '.jpeg', '.jpg', '.jp2', '.png', '.tif', '.tiff', '.webp', '.pbm',
@@ -228,8 +235,16 @@ class Recognizer:
 
   def __init__(self, module, variables, class_names: Sequence[str], img_size: int, *,
                conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 300,
-               classes=None, batch_buckets: Sequence[int] = BATCH_BUCKETS):
+               classes=None, batch_buckets: Sequence[int] = BATCH_BUCKETS,
+               face_finder=None, face_margin: float = faces_lib.DEFAULT_MARGIN, training_data=None):
     self.module = module
+    # Two-stage recognition (faces.py) when a face finder is given: image → faces → crops → model.
+    self.face_finder = (None if face_finder is None or face_finder == 'model'
+                        else faces_lib.face_finder(face_finder))
+    if not face_margin > 0:
+      raise ValueError(f'face_margin must be positive, got {face_margin}')
+    self.face_margin = float(face_margin)
+    self.training_data = training_data
     self.variables = jax.device_put({k: variables[k] for k in ('params', 'batch_stats')
                                      if k in variables})
     self.class_names = list(class_names)
@@ -257,19 +272,34 @@ class Recognizer:
   def from_checkpoint(cls, path: str | os.PathLike, conf_thres: float = 0.25, iou_thres: float = 0.45,
                       max_det: int = 300, img_size: int | None = None, classes=None, *,
                       class_names: Sequence[str] | None = None,
-                      batch_buckets: Sequence[int] = BATCH_BUCKETS) -> 'Recognizer':
+                      batch_buckets: Sequence[int] = BATCH_BUCKETS, faces='auto',
+                      face_margin: float = faces_lib.DEFAULT_MARGIN) -> 'Recognizer':
     """A recognizer for the model checkpoint directory at `path` (written by training or conversion).
 
     img_size: the model's square input side (default: the training size, config.data.img_size).
     classes: class ids or names to keep (default all). class_names: override the names.
+    faces: 'auto' (two-stage 'haar' for a checkpoint trained on whole-image face crops, one-stage
+      otherwise), 'model' (the model finds the faces), 'haar' / 'haar_profile' (OpenCV's cascade finds
+      them, the model names each crop's expression), or a callable RGB image → face boxes (faces.py).
+    face_margin: crop side / face box side for two-stage recognition.
     """
     config, variables = checkpoint.load_model(os.fspath(path))
+    training = training_data_of(config)
+    warning = faces_lib.synthetic_warning(training, os.fspath(path))
+    if warning:
+      log.warning(warning)
+    if isinstance(faces, str) and faces not in ('auto', 'model'):
+      faces_lib.face_finder(faces)  # an unknown name fails here, before the model is built
+    if faces == 'auto':
+      faces = 'haar' if training.box_kind == faces_lib.WHOLE_CROP else 'model'
     if img_size is None:
       img_size = int(config.data.img_size) if 'data' in config else 640
     names = list(class_names) if class_names is not None else class_names_of(config)
     module = models.build(config.model)
     return cls(module, variables, names, img_size, conf_thres=conf_thres, iou_thres=iou_thres,
-               max_det=max_det, classes=classes, batch_buckets=batch_buckets)
+               max_det=max_det, classes=classes, batch_buckets=batch_buckets,
+               face_finder=None if faces == 'model' else faces, face_margin=face_margin,
+               training_data=training)
 
   @property
   def num_classes(self) -> int:
@@ -303,6 +333,18 @@ class Recognizer:
             f'images[{i}]: predict_rgb expects uint8 [H, W, 3] RGB, got '
             f'{getattr(image, "dtype", type(image).__name__)} {getattr(image, "shape", "")} (use '
             'predict() for other layouts; floats in [0, 1]: (x * 255).round().astype(np.uint8))')
+    if self.face_finder is not None:
+      return faces_lib.two_stage(images, self.face_finder, self.predict_model, self.face_margin)
+    return self.predict_model(images)
+
+  def stream(self, source, batch_size: int = 8, max_frames: int | None = None):
+    """Results (sources.Result: .detections, .plot(), .to_dict(), .save()) frame by frame, read lazily
+    from a video file, webcam index, folder, glob, image file, stream URL or a list of them (sources.py)."""
+    from yolo_osam_jax import sources  # pylint: disable=g-import-not-at-top
+    return sources.stream(self, source, batch_size=batch_size, max_frames=max_frames)
+
+  def predict_model(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+    """One-stage detections (the model finds the faces) of uint8 [H, W, 3] RGB images."""
     results: list[list[Detection]] = []
     largest = self.batch_buckets[-1]
     for start in range(0, len(images), largest):
