@@ -205,6 +205,34 @@ def to_yolov5_state_dict(variables, model_config, num_batches_tracked: int = 0) 
   return out
 
 
+def from_ultralytics_state_dict(state_dict: Mapping[str, np.ndarray], model_config, rng=None) -> dict:
+  """Flax variables for a YOLOv8 / YOLO11 `model_config` from an ultralytics state dict
+  (convert_ultralytics.py holds that family's key mapping)."""
+  from yolo_osam_jax import convert_ultralytics  # pylint: disable=g-import-not-at-top (imports us)
+  return convert_ultralytics.from_ultralytics_state_dict(state_dict, model_config, rng)
+
+
+def to_ultralytics_state_dict(variables, model_config, num_batches_tracked: int = 0) -> dict:
+  """The ultralytics-layout state dict (PyTorch key order) of YOLOv8 / YOLO11 `variables`."""
+  from yolo_osam_jax import convert_ultralytics  # pylint: disable=g-import-not-at-top
+  return convert_ultralytics.to_ultralytics_state_dict(variables, model_config, num_batches_tracked)
+
+
+def from_state_dict(state_dict: Mapping[str, np.ndarray], model_config, rng=None) -> dict:
+  """Variables for `model_config` from its family's PyTorch state dict: the ultralytics layout for the
+  anchor-free archs, yolov5's for yolo_osam and yolov3."""
+  if models.is_anchor_free(model_config):
+    return from_ultralytics_state_dict(state_dict, model_config, rng)
+  return from_yolov5_state_dict(state_dict, model_config, rng)
+
+
+def to_state_dict(variables, model_config) -> dict[str, np.ndarray]:
+  """The PyTorch state dict of `variables` in its family's layout (see `from_state_dict`)."""
+  if models.is_anchor_free(model_config):
+    return to_ultralytics_state_dict(variables, model_config)
+  return to_yolov5_state_dict(variables, model_config)
+
+
 def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
   """Reads a state dict saved as .npz or .safetensors."""
   if not os.path.exists(path):

@@ -1,13 +1,14 @@
-"""Exporting a model checkpoint: ONNX (forward pass + decoding) and yolov5-layout state dicts.
+"""Exporting a model checkpoint: ONNX (forward pass + decoding) and PyTorch-layout state dicts.
 
 ONNX (through jax2onnx): input `images` float32 [B, S, S, 3] RGB in [0, 1] (NHWC, letterboxed as
 `Recognizer` does), output `predictions` float32 [B, N, 5 + nc] = (cx, cy, w, h in input pixels,
-objectness, class probabilities), NMS-free, exactly the JAX model's decoded output. The batch is fixed
-(`batch`) or dynamic (a symbolic `B`). The file's metadata holds the class names, strides and input size
-(as yolov5 writes them) so runtimes can label detections without the config.
+objectness, class probabilities) for the yolov5 family, [B, N, 4 + nc] without the objectness column
+for the anchor-free family (YOLOv8, YOLO11); NMS-free, exactly the JAX model's decoded output. The batch
+is fixed (`batch`) or dynamic (a symbolic `B`). The file's metadata holds the class names, strides,
+input size and the output's columns (`output`) so runtimes can label detections without the config.
 
-npz / safetensors: the yolov5-layout state dict (`convert.to_yolov5_state_dict`), which
-`scripts/convert_yolov5.py` or PyTorch tooling can load again.
+npz / safetensors: the family's PyTorch state dict (`convert.to_state_dict`: yolov5 or ultralytics
+layout), which `scripts/convert_yolov5.py` or PyTorch tooling can load again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from yolo_osam_jax import checkpoint, convert, errors, models
 from yolo_osam_jax.predict import class_names_of, max_stride_of
 
 FORMATS = ('onnx', 'npz', 'safetensors')
+# The `predictions` columns, by whether the model is anchor-free (nms.with_objectness explains why).
+OUTPUT_LAYOUTS = {False: 'cx, cy, w, h (input pixels), objectness, class probabilities; no NMS',
+                  True: 'cx, cy, w, h (input pixels), class probabilities (anchor-free: no objectness); '
+                        'no NMS'}
 ONNX_OPSET = 18
 
 
@@ -56,7 +61,7 @@ def export_onnx(variables, config, path: str, *, img_size: int | None = None, ba
   metadata = {'names': json.dumps(dict(enumerate(names))), 'stride': str(stride),
               'strides': json.dumps(strides), 'imgsz': json.dumps([img_size, img_size]),
               'batch': 'dynamic' if dynamic_batch else str(batch), 'layout': 'NHWC RGB float32 [0, 1]',
-              'output': 'cx, cy, w, h (input pixels), objectness, class probabilities; no NMS'}
+              'output': OUTPUT_LAYOUTS[models.is_anchor_free(config.model)]}
   for key, value in metadata.items():
     entry = proto.metadata_props.add()
     entry.key, entry.value = key, value
@@ -67,11 +72,11 @@ def export_onnx(variables, config, path: str, *, img_size: int | None = None, ba
 
 
 def export_state_dict(variables, config, path: str) -> str:
-  """Writes the yolov5-layout state dict as .npz or .safetensors (by the file name)."""
+  """Writes the PyTorch state dict (yolov5 or ultralytics layout, by arch) as .npz or .safetensors."""
   if not path.endswith(('.npz', '.safetensors')):
     raise errors.InputError(f'{path}: a state dict file name ends in .npz or .safetensors')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  convert.save_state_dict_file(convert.to_yolov5_state_dict(variables, config.model), path)
+  convert.save_state_dict_file(convert.to_state_dict(variables, config.model), path)
   return path
 
 

@@ -37,38 +37,54 @@ def _conv_records(module, img_size: int):
 
 
 def gflops(model_config, img_size: int) -> float:
-  """GFLOPs for one image counted as yolov5's model_info does (thop, then × 2).
+  """GFLOPs for one image counted as yolov5's and ultralytics' model info do (thop, then × 2).
 
-  thop counts a convolution as output elements × (k·k·c_in) [+ 1 for a bias], an unfused BatchNorm as
-  2 × its elements, and activations, pooling and nearest upsampling as zero; yolov5 doubles the sum.
-  Convolutions without bias here are exactly the ones followed by a BatchNorm (CBL).
+  thop counts a convolution as output elements × (k·k·c_in / groups) multiply-adds (its bias is free),
+  an affine BatchNorm as 4 × its elements (2 for normalising, × 2 for the affine part), and
+  activations, pooling, nearest upsampling and functional ops (the attention matmuls, the DFL
+  expectation) as zero; the total is doubled. Convolutions without bias here are exactly the ones
+  followed by a BatchNorm.
   """
   _, records = _conv_records(models.build(model_config), img_size)
   ops = 0
   for _, kshape, oshape, bias in records:
-    kh, kw, cin, _ = kshape
+    kh, kw, cin_per_group, _ = kshape
     numel = int(np.prod(oshape[1:]))
-    ops += numel * kh * kw * cin + (numel if bias else 2 * numel)
+    ops += numel * kh * kw * cin_per_group + (0 if bias else 4 * numel)
   return 2 * ops / 1e9
 
 
+def fixed_parameter_count(model_config) -> int:
+  """Parameters the PyTorch original counts that are constants here: the anchor-free head's DFL
+  projection (16 fixed weights, not trained, so not a Flax param); 0 for the other families."""
+  if models.is_anchor_free(model_config):
+    from yolo_osam_jax.models import anchor_free  # pylint: disable=g-import-not-at-top
+    return anchor_free.fixed_parameter_count(model_config)
+  return 0
+
+
 def layer_rows(model_config, img_size: int):
-  """One row per layer: (name, kind, sources, output shape, parameter count)."""
+  """One row per layer: (name, kind, sources, output shape, parameter count), and the total parameter
+  count as the PyTorch original counts it (`fixed_parameter_count` included, on the Detect row)."""
   module = models.build(model_config)
   variables = jax.eval_shape(
       lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, img_size, img_size, 3))))
   params = variables['params']
+  nc = int(model_config.num_classes)
+  fixed = fixed_parameter_count(model_config)
+  if models.is_anchor_free(model_config):
+    from yolo_osam_jax.models import anchor_free  # pylint: disable=g-import-not-at-top
+    per_cell = (4 * anchor_free.REG_MAX + nc,)  # box-distribution logits, then class logits
+  else:
+    per_cell = (len(module.anchors[0]), 5 + nc)
   rows = []
   for L in module.layers:
-    name = f'layer_{L.index}'
-    n = count_params(params.get(name, {}))
+    n = count_params(params.get(f'layer_{L.index}', {}))
     if L.kind == 'detect':
-      nl = len(L.sources)
-      no = 5 + model_config.num_classes
-      shapes = [(img_size // module.layers[s].stride,) * 2 + (len(module.anchors[0]), no) for s in L.sources]
-      shape = ' '.join(str(s) for s in shapes)
+      n += fixed
+      shape = ' '.join(str((img_size // module.layers[s].stride,) * 2 + per_cell) for s in L.sources)
     else:
       hw = img_size // L.stride
       shape = str((hw, hw, L.channels))
     rows.append((L.index, L.kind, L.sources, shape, n))
-  return rows, count_params(params)
+  return rows, count_params(params) + fixed
