@@ -27,20 +27,37 @@ COLUMNS = {
 
 
 def model_variants():
-  """The two networks every model benchmark compares: plain yolov5s and the published YOLO-OSAM."""
+  """The networks the model benchmarks compare: plain yolov5s, the published YOLO-OSAM, and the
+  anchor-free YOLOv8s and YOLO11s of the paper's Table 1 (all size s, 7 classes)."""
   osam = base.model_config('s', 7)
   v5 = base.model_config('s', 7)
   v5.fusion, v5.attention.kind, v5.attention.where = 'none', 'none', 'none'
-  return {'yolov5s': v5, 'yolo_osam': osam}
+  variants = {'yolov5s': v5, 'yolo_osam': osam}
+  for arch in ('yolov8', 'yolo11'):
+    config = base.model_config('s', 7)
+    config.arch, config.activation = arch, 'silu'
+    config.fusion, config.attention.kind, config.attention.where = 'none', 'none', 'none'
+    variants[f'{arch}s'] = config
+  return variants
 
 
-def run_section(name: str, smoke: bool) -> list[dict]:
+def chosen_variants(names):
+  variants = model_variants()
+  if not names:
+    return variants
+  unknown = [n for n in names if n not in variants]
+  if unknown:
+    raise errors.InputError(f'--models: unknown {unknown}; choose among {", ".join(variants)}')
+  return {n: variants[n] for n in names}
+
+
+def run_section(name: str, smoke: bool, models=None) -> list[dict]:
   if name == 'infer':
     from yolo_osam_jax.benchmarking import models as model_bench
-    return model_bench.run_infer_benchmark(model_variants(), smoke)
+    return model_bench.run_infer_benchmark(chosen_variants(models), smoke)
   if name == 'train':
     from yolo_osam_jax.benchmarking import models as model_bench
-    return model_bench.run_train_benchmark(model_variants(), base.get_config().train, smoke)
+    return model_bench.run_train_benchmark(chosen_variants(models), base.get_config().train, smoke)
   if name == 'data':
     from yolo_osam_jax.benchmarking import data as data_bench
     return [{'section': 'data', **r} for r in data_bench.run_data_benchmark(base.get_config().data, smoke)]
@@ -56,6 +73,8 @@ def main(argv=None):
   parser.add_argument('sections', nargs='*', metavar='SECTION', help=f'any of {SECTIONS} (default: all)')
   parser.add_argument('--smoke', action='store_true', help='tiny shapes, a few seconds per section')
   parser.add_argument('--out', default='benchmarks/results.jsonl')
+  parser.add_argument('--models', default='', help='comma-separated networks of the infer/train sections '
+                      f'(default: all of {", ".join(model_variants())})')
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   unknown = [s for s in args.sections if s not in SECTIONS]
   if unknown:
@@ -63,7 +82,7 @@ def main(argv=None):
   print(benchmarking.environment())
   all_rows = []
   for name in args.sections or SECTIONS:
-    rows = run_section(name, args.smoke)
+    rows = run_section(name, args.smoke, [m for m in args.models.split(',') if m])
     columns = COLUMNS.get(name) or [k for k in rows[0] if k != 'section']
     print(f'\n## {name}\n')
     print(benchmarking.markdown_table(rows, columns))

@@ -17,12 +17,13 @@ def _check_rows(rows, out):
 
 def test_infer_data_eval_smoke(tmp_path, capsys):
   out = str(tmp_path / 'results.jsonl')
-  rows = benchmark.main(['infer', 'data', 'eval', '--smoke', '--out', out])
+  # One network per family here (compiling is most of the time); test_every_model_smoke runs them all.
+  rows = benchmark.main(['infer', 'data', 'eval', '--smoke', '--out', out, '--models', 'yolov5s,yolov8s'])
   lines = _check_rows(rows, out)
   infer = [r for r in lines if r['section'] == 'infer']
   # 2 networks × 2 dtypes × 2 batch sizes, each img/s = batch / median seconds.
   assert {(r['model'], r['dtype'], r['batch']) for r in infer} == {
-      (m, d, b) for m in ('yolov5s', 'yolo_osam') for d in ('float32', 'bfloat16') for b in (1, 4)}
+      (m, d, b) for m in ('yolov5s', 'yolov8s') for d in ('float32', 'bfloat16') for b in (1, 4)}
   for r in infer:
     assert r['img_per_s'] == pytest.approx(r['batch'] / (r['ms_per_batch'] / 1e3))
   data = {r['name']: r for r in lines if r['section'] == 'data'}
@@ -38,11 +39,12 @@ def test_infer_data_eval_smoke(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_train_smoke(tmp_path):
+def test_train_and_infer_smoke_of_every_model(tmp_path):
   out = str(tmp_path / 'results.jsonl')
-  rows = benchmark.main(['train', '--smoke', '--out', out])
+  rows = benchmark.main(['train', 'infer', '--smoke', '--out', out])
   _check_rows(rows, out)
-  assert {r['model'] for r in rows} == {'yolov5s', 'yolo_osam'}
+  assert {r['model'] for r in rows} == {'yolov5s', 'yolo_osam', 'yolov8s', 'yolo11s'}
+  assert {r['section'] for r in rows} == {'train', 'infer'}
   for r in rows:
     assert r['img_per_s'] == pytest.approx(r['batch'] / (r['ms_per_step'] / 1e3))
 
@@ -50,3 +52,4 @@ def test_train_smoke(tmp_path):
 def test_unknown_section_is_refused():
   with pytest.raises(SystemExit):
     benchmark.main(['nonsense', '--smoke'])
+  assert benchmark.main(['infer', '--smoke', '--models', 'yolov9s']) == 2  # one error line, status 2
