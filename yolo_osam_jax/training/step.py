@@ -29,7 +29,7 @@ from yolo_osam_jax import losses
 from yolo_osam_jax.training import optim
 
 DATA_AXIS = 'data'
-# The batch entries the step reads (the rest of a pipeline batch stays on the host).
+# The batch entries the detection step reads (the rest of a pipeline batch stays on the host).
 STEP_KEYS = ('image', 'boxes', 'classes', 'mask')
 
 
@@ -95,8 +95,11 @@ def train_step_fn(loss_fn: Callable, tx: optax.MultiSteps, ema_decay: float = 0.
                   ema_tau: float = 2000.0, use_ema: bool = True) -> Callable:
   """The un-jitted step: (state, batch) -> (state, metrics). See `jit_train_step` for the compiled one.
 
-  metrics: 'loss' (total = components · batch), 'box', 'obj', 'cls', 'finite' (this step was applied),
-  'updated' (an optimizer step happened), 'bad_steps', 'total_bad_steps', 'optimizer_steps'.
+  `loss_fn(params, batch_stats, batch, rng) -> (loss, (new_batch_stats, parts))`, where `parts` is a dict
+  of scalars (the detection loss's 'box', 'obj', 'cls'; the classifier's 'accuracy').
+  metrics: 'loss' (detection: total = components · batch), every entry of `parts`, 'finite' (this step
+  was applied), 'updated' (an optimizer step happened), 'bad_steps', 'total_bad_steps',
+  'optimizer_steps'.
   """
 
   def step(state: TrainState, batch) -> tuple[TrainState, dict]:
@@ -129,7 +132,7 @@ def train_step_fn(loss_fn: Callable, tx: optax.MultiSteps, ema_decay: float = 0.
                             total_bad_steps=state.total_bad_steps + 1)
     new_state = jax.tree_util.tree_map(lambda a, s: jnp.where(finite, a, s), applied, skipped)
     metrics = {
-        'loss': loss, 'box': parts['box'], 'obj': parts['obj'], 'cls': parts['cls'],
+        'loss': loss, **parts,
         'finite': finite, 'updated': updated & finite, 'bad_steps': new_state.bad_steps,
         'total_bad_steps': new_state.total_bad_steps,
         'optimizer_steps': new_state.opt_state.gradient_step,
@@ -159,8 +162,8 @@ def jit_train_step(step: Callable, mesh: Mesh) -> Callable:
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
 
 
-def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
-  """This process's rows of a global batch -> global arrays sharded over 'data' (STEP_KEYS only).
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, keys: tuple[str, ...] = STEP_KEYS) -> dict:
+  """This process's rows of a global batch -> global arrays sharded over 'data' (`keys` only).
 
   Every process passes its own rows (`jax.make_array_from_process_local_data`), so on several hosts the
   global batch is the concatenation of the processes' batches.
@@ -168,7 +171,7 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
   sharding = batch_sharded(mesh)
   local_devices = len(mesh.local_devices)
   out = {}
-  for key in STEP_KEYS:
+  for key in keys:
     if key not in batch:
       raise KeyError(f"train batch has no {key!r} (keys: {sorted(batch)})")
     value = np.asarray(batch[key])
