@@ -390,9 +390,9 @@ def _resolved(table: Table, settings: AblationSettings, probe: ml_collections.Co
     rounds = (2 if table.compare else 1) if settings.smoke else table.default_rounds
   if rounds < 1 or (table.compare and rounds < 2):
     raise ValueError(f'table {table.number} needs --rounds ≥ {2 if table.compare else 1}, got {rounds}')
-  selected = {r.name for r in table.rows} if settings.rows is None else {
+  row_names = {r.name for r in table.rows} if settings.rows is None else {
       table.row(name).name for name in settings.rows}
-  if table.compare and not set(table.compare) <= selected:
+  if table.compare and not set(table.compare) <= row_names:
     raise ValueError(f'table {table.number} compares rows {table.compare}; --rows must include both')
   if settings.smoke:
     dataset, builder_config = 'smoke', ''
@@ -477,7 +477,8 @@ def run_table(table: Table, settings: AblationSettings,
 def describe(settings: AblationSettings, dataset_name: str) -> str:
   """The sentence under a table's title: data, recipe, rounds, seeds and run length."""
   if settings.smoke:
-    length = f'smoke run ({SMOKE_STEPS} classifier steps, one detector epoch of {SMOKE_IMAGES["train"]} images)'
+    length = (f'smoke run ({SMOKE_STEPS} classifier steps, one detector epoch of {SMOKE_IMAGES["train"]} '
+              'images)')
   else:
     length = f'{settings.epochs} epochs' if settings.epochs is not None else 'config.train.epochs epochs'
   recipe = settings.base_config

@@ -8,10 +8,12 @@ softmax cross-entropy, then reports on `eval_source`:
              (evaluation.accuracy.macro_f1: scikit-learn's average='macro', zero_division=0)
   eval_loss  mean cross-entropy
 
-Optimiser: the detection trainer's yolov5 optimiser (training/optim.py: SGD-Nesterov or Adam, parameter
-groups, warm-up, linear/cosine decay, gradient accumulation to train.nominal_batch), built for the
-classifier's parameters. Not used here: the EMA of the weights (evaluation uses the trained weights).
-Dropout (AlexNet's FC layers) draws from `config.seed`.
+Training runs on the detection trainer's core with a classification loss: its train state, its jitted,
+state-donating step, data-parallel over every device, which drops non-finite steps (training/step.py),
+and its yolov5 optimiser (training/optim.py: SGD-Nesterov or Adam, parameter groups, warm-up,
+linear/cosine decay, gradient accumulation to train.nominal_batch), built for the classifier's
+parameters. Not used here: the EMA of the weights (evaluation uses the trained weights). Dropout
+(AlexNet's FC layers) draws from `config.seed`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,12 +33,12 @@ from yolo_osam_jax.data import pipeline
 from yolo_osam_jax.evaluation import accuracy as accuracy_lib
 from yolo_osam_jax.models import classifiers
 from yolo_osam_jax.training import optim
+from yolo_osam_jax.training import step as step_lib
 
 log = logging.getLogger(__name__)
 
-
-class TrainState(train_state.TrainState):
-  batch_stats: Any = None
+# The batch entries the train step reads.
+STEP_KEYS = ('image', 'label')
 
 
 def make_optimizer(train_config, batch_size: int, steps_per_epoch: int, epochs: int):
@@ -61,31 +62,23 @@ def cross_entropy(logits, labels):
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels))
 
 
-def create_state(module, build_optimizer, rng, img_size: int) -> TrainState:
-  """Initial variables and optimiser state; `build_optimizer(params)` gives the optax transformation."""
-  variables = jax.jit(lambda r: module.init(r, jnp.zeros((1, img_size, img_size, 3)), train=False))(rng)
-  return TrainState.create(apply_fn=module.apply, params=variables['params'],
-                           tx=build_optimizer(variables['params']),
-                           batch_stats=variables.get('batch_stats', {}))
+def init_variables(module, rng, img_size: int) -> dict:
+  return jax.jit(lambda r: module.init(r, jnp.zeros((1, img_size, img_size, 3)), train=False))(rng)
 
 
-def make_train_step(module):
-  def train_step(state: TrainState, images, labels, rng):
-    dropout_rng = jax.random.fold_in(rng, state.step)
+def make_loss_fn(module):
+  """loss_fn(params, batch_stats, batch, rng) -> (cross-entropy, (new_batch_stats, {'accuracy'})), the
+  form training/step.py's train step takes; `rng` drives dropout."""
 
-    def loss_fn(params):
-      logits, updates = module.apply({'params': params, 'batch_stats': state.batch_stats},
-                                     to_float_images(images), train=True, mutable=['batch_stats'],
-                                     rngs={'dropout': dropout_rng})
-      loss = cross_entropy(logits, labels)
-      return loss, (updates['batch_stats'], jnp.mean(jnp.argmax(logits, -1) == labels))
+  def loss_fn(params, batch_stats, batch, rng):
+    logits, updates = module.apply({'params': params, 'batch_stats': batch_stats},
+                                   to_float_images(batch['image']), train=True, mutable=['batch_stats'],
+                                   rngs={'dropout': rng})
+    labels = batch['label']
+    loss = cross_entropy(logits, labels)
+    return loss, (updates['batch_stats'], {'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)})
 
-    (loss, (batch_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    return state, {'loss': loss, 'accuracy': acc}
-
-  # The state is replaced every step: donate its buffers.
-  return jax.jit(train_step, donate_argnums=(0,))
+  return loss_fn
 
 
 def make_eval_step(module):
@@ -105,7 +98,7 @@ def classification_metrics(labels, predicted, num_classes: int) -> dict:
           'confusion': cm[:, :num_classes]}
 
 
-def evaluate(eval_step, state: TrainState, batches, num_classes: int) -> dict:
+def evaluate(eval_step, state: step_lib.TrainState, batches, num_classes: int) -> dict:
   """Metrics over every valid row of `batches` (padding rows, valid=False, are left out)."""
   labels, predicted, losses = [], [], []
   for batch in batches:
@@ -171,9 +164,13 @@ def train_and_evaluate(config, train_source: Sequence, eval_source: Sequence, *,
 
   build_optimizer, schedule = make_optimizer(config.train, batch_size, steps_per_epoch, epochs)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
-  state = create_state(module, build_optimizer, init_rng, img_size)
+  variables = init_variables(module, init_rng, img_size)
+  tx = build_optimizer(variables['params'])
+  mesh = step_lib.make_mesh()
+  state = step_lib.replicate(step_lib.create_train_state(variables, tx, dropout_rng), mesh)
   num_params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(state.params)))
-  train_step = make_train_step(module)
+  train_step = step_lib.jit_train_step(step_lib.train_step_fn(make_loss_fn(module), tx, use_ema=False),
+                                       mesh)
   eval_step = make_eval_step(module)
 
   loader = pipeline.make_classification_loader(train_source, config.data, train=True, seed=seed,
@@ -186,7 +183,7 @@ def train_and_evaluate(config, train_source: Sequence, eval_source: Sequence, *,
             leave=False) as bar:
     while step < total_steps:
       batch = next(batches)
-      state, out = train_step(state, batch['image'], batch['label'], dropout_rng)
+      state, out = train_step(state, step_lib.shard_batch(batch, mesh, STEP_KEYS))
       step += 1
       bar.update(1)
       if step % steps_per_epoch == 0 or step == total_steps or step % log_every == 0:

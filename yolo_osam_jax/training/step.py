@@ -29,7 +29,7 @@ from yolo_osam_jax import losses
 from yolo_osam_jax.training import optim
 
 DATA_AXIS = 'data'
-# The batch entries the step reads (the rest of a pipeline batch stays on the host).
+# The batch entries the detection step reads (the rest of a pipeline batch stays on the host).
 STEP_KEYS = ('image', 'boxes', 'classes', 'mask')
 
 
@@ -97,12 +97,14 @@ def train_step_fn(loss_fn: Callable, tx: optax.MultiSteps, ema_decay: float = 0.
                   ema_tau: float = 2000.0, use_ema: bool = True, max_loss: float = 0.0) -> Callable:
   """The un-jitted step: (state, batch) -> (state, metrics). See `jit_train_step` for the compiled one.
 
-  max_loss > 0: a step whose per-image loss (the sum of the components) exceeds it is dropped like a
-  NaN step: a diverging run's loss can stay finite (1e13) while its weights become garbage.
-
-  metrics: 'loss' (total = components · batch), the loss's components (e.g. 'box', 'obj', 'cls'),
-  'finite' (this step was applied),
-  'updated' (an optimizer step happened), 'bad_steps', 'total_bad_steps', 'optimizer_steps'.
+  `loss_fn(params, batch_stats, batch, rng) -> (loss, (new_batch_stats, parts))`, where `parts` is a dict
+  of scalars (the detection loss's components, e.g. 'box', 'obj', 'cls'; the classifier's 'accuracy').
+  max_loss > 0: a step whose detection loss per image (total / batch = the sum of the components)
+  exceeds it is dropped like a NaN step: a diverging run's loss can stay finite (1e13) while its weights
+  become garbage.
+  metrics: 'loss' (detection: total = components · batch), every entry of `parts`, 'finite' (this step
+  was applied), 'updated' (an optimizer step happened), 'bad_steps', 'total_bad_steps',
+  'optimizer_steps'.
   """
 
   def step(state: TrainState, batch) -> tuple[TrainState, dict]:
@@ -128,7 +130,7 @@ def train_step_fn(loss_fn: Callable, tx: optax.MultiSteps, ema_decay: float = 0.
     finite = (jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params) &
               _all_finite(batch_stats))
     if max_loss > 0:
-      finite = finite & (sum(parts.values()) <= max_loss)
+      finite = finite & (loss / batch['image'].shape[0] <= max_loss)
     applied = TrainState(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
         ema_params=ema_params, ema_batch_stats=ema_batch_stats, rng=rng,
@@ -167,8 +169,8 @@ def jit_train_step(step: Callable, mesh: Mesh) -> Callable:
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
 
 
-def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
-  """This process's rows of a global batch -> global arrays sharded over 'data' (STEP_KEYS only).
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, keys: tuple[str, ...] = STEP_KEYS) -> dict:
+  """This process's rows of a global batch -> global arrays sharded over 'data' (`keys` only).
 
   Every process passes its own rows (`jax.make_array_from_process_local_data`), so on several hosts the
   global batch is the concatenation of the processes' batches.
@@ -176,7 +178,7 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
   sharding = batch_sharded(mesh)
   local_devices = len(mesh.local_devices)
   out = {}
-  for key in STEP_KEYS:
+  for key in keys:
     if key not in batch:
       raise KeyError(f"train batch has no {key!r} (keys: {sorted(batch)})")
     value = np.asarray(batch[key])
