@@ -5,6 +5,12 @@ from __future__ import annotations
 import json
 import os
 
+# File endings treated as images, by dataset builders (data/common.py) and by prediction (sources.py):
+# what OpenCV and Pillow decode. A file that still fails to decode is reported as unreadable, never
+# skipped silently.
+IMAGE_EXTENSIONS = ('.bmp', '.dng', '.exr', '.hdr', '.jp2', '.jpeg', '.jpg', '.mpo', '.pbm', '.pfm', '.pgm',
+                    '.pic', '.png', '.pnm', '.ppm', '.pxm', '.ras', '.sr', '.tif', '.tiff', '.webp')
+
 
 def write_json_atomic(path: str, value, *, indent: int = 2, sort_keys: bool = False) -> None:
   """Writes `value` as JSON to `path` through a temporary file and a rename, creating its directory.

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolo_osam_jax import checkpoint, errors, faces as faces_lib, models
+from yolo_osam_jax import checkpoint, errors, faces as faces_lib, io_utils, models
 from yolo_osam_jax.data import transforms
 from yolo_osam_jax.evaluation import nms as nms_lib
 
@@ -42,8 +42,7 @@ log = logging.getLogger(__name__)
 training_data_of = faces_lib.training_data_of  # what a checkpoint config was trained on (faces.py)
 
 BATCH_BUCKETS = (1, 8, 32)
-IMAGE_EXTENSIONS = ('.bmp', '.dng', '.jpeg', '.jpg', '.jp2', '.png', '.tif', '.tiff', '.webp', '.pbm',
-                    '.pgm', '.ppm', '.pxm', '.pnm', '.sr', '.ras', '.exr', '.hdr', '.pic')
+IMAGE_EXTENSIONS = io_utils.IMAGE_EXTENSIONS
 
 _traces = 0  # incremented each time `_detect` is traced (compiled) for a new shape or setting
 

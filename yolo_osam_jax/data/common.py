@@ -41,7 +41,7 @@ from etils import epath
 import PIL.Image
 import tensorflow_datasets as tfds
 
-from yolo_osam_jax import errors
+from yolo_osam_jax import errors, io_utils
 
 # Reasons a builder records. Builders may record other reasons too; these have fixed meanings.
 REASONS = {
@@ -454,7 +454,7 @@ def iter_files(root: str | os.PathLike, extensions: Iterable[str]) -> list[epath
   return [epath.Path(p) for p in sorted(found)]
 
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.dng', '.mpo', '.pfm')
+IMAGE_EXTENSIONS = io_utils.IMAGE_EXTENSIONS
 
 
 def stored_report(builder: tfds.core.DatasetBuilder) -> BuildReport | None:
