@@ -9,6 +9,9 @@ ran with (`run_settings`). A rerun with the same settings reads them back instea
 interrupted run resumes where it stopped; a result stored with other settings is an error, never mixed
 in. Tables share rows: a round whose settings equal a finished round of another table in the same
 WORKDIR is copied from it (`reused_from` in its file), not trained again.
+Smoke runs go further: a round whose config equals a finished smoke round's but for name, seed and
+split (the same network and recipe) reuses it too (`smoke_network_twin`), so a smoke run trains each
+distinct network once per workdir (find_smoke_network_twin).
 
 Round r trains with seed `settings.seed + r` (config.seed and data.shuffle_seed). Detector rows go
 through the detection trainer, classifier rows through classify.py (`RUNNERS`).
@@ -284,6 +287,48 @@ def find_twin_result(workdir: str, path: str, settings: dict) -> tuple[str, dict
   return None
 
 
+# Config fields that differ between rounds or rows without changing the network or the recipe.
+_SMOKE_TWIN_IGNORED = (('name',), ('seed',), ('data', 'shuffle_seed'), ('workdir',))
+
+
+def _network_and_recipe(config_dict: Mapping) -> dict:
+  out = json.loads(json.dumps(config_dict, sort_keys=True, default=str))
+  for path in _SMOKE_TWIN_IGNORED:
+    node = out
+    for key in path[:-1]:
+      node = node.get(key, {})
+    node.pop(path[-1], None)
+  return out
+
+
+def find_smoke_network_twin(workdir: str, path: str, settings: dict,
+                            config: ml_collections.ConfigDict) -> tuple[str, dict] | None:
+  """Smoke runs only: (file, stored result) of a finished smoke round in `workdir` whose config equals
+  `config` but for the name, seed and shuffle seed (the same network, data and recipe), else None.
+
+  A smoke run checks that a row runs; its numbers mean nothing. A row whose network another row
+  (or round) already trained in this workdir has nothing left to check, so the smoke run of a table
+  trains each distinct network once (Table 3's second round, Table 5's and 6's rows that are other
+  tables' networks on another split, ...) and keeps CI's time to the compiles of new networks.
+  """
+  wanted = _network_and_recipe(config.to_dict())
+  for other in sorted(glob.glob(os.path.join(workdir, 'table*', '*', 'round_*.json'))):
+    if os.path.abspath(other) == os.path.abspath(path):
+      continue
+    try:
+      with open(other) as f:
+        stored = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      continue
+    if (not isinstance(stored, dict) or 'metrics' not in stored or 'config' not in stored
+        or stored.get('smoke_network_twin') or not stored.get('settings', {}).get('smoke')
+        or stored['settings'].get('base_config') != settings['base_config']):
+      continue
+    if _network_and_recipe(stored['config']) == wanted:
+      return other, stored
+  return None
+
+
 def write_result(path: str, value: dict) -> None:
   io_utils.write_json_atomic(path, value, indent=1, sort_keys=True)
 
@@ -509,13 +554,26 @@ def run_table(table: Table, settings: AblationSettings,
         write_result(path, dict(stored, reused_from=os.path.relpath(twin_path, workdir)))
         metrics = stored['metrics']
         log(f'table {number} {row.name} round {r}: same run as {twin_path}, reused')
+      config = None
+      if metrics is None:
+        config = row_config(row, make_base_config(), settings, seed=round_seed,
+                            num_classes=len(sources['class_names']))
+        if settings.smoke:
+          smoke_twin = find_smoke_network_twin(workdir, path, stored_settings, config)
+          if smoke_twin is not None:
+            twin_path, stored = smoke_twin
+            twin = smoke_twin
+            write_result(path, {'settings': stored_settings, 'metrics': stored['metrics'],
+                                'config': config.to_dict(), 'smoke_network_twin': True,
+                                'reused_from': os.path.relpath(twin_path, workdir)})
+            metrics = stored['metrics']
+            log(f'table {number} {row.name} round {r}: smoke run, same network and recipe as '
+                f'{twin_path}, reused')
       if metrics is not None:
         skipped.append((row.name, r))
         if twin is None:
           log(f'table {number} {row.name} round {r}: done earlier ({path})')
       else:
-        config = row_config(row, make_base_config(), settings, seed=round_seed,
-                            num_classes=len(sources['class_names']))
         start = time.perf_counter()
         run_dir = os.path.join(workdir, f'table{number}', row.name, f'round_{r}')
         metrics = _json_ready(runners[row.kind](config, sources, run_dir,
@@ -539,7 +597,8 @@ def run_table(table: Table, settings: AblationSettings,
 def describe(settings: AblationSettings, dataset_name: str) -> str:
   """The sentence under a table's title: data, recipe, rounds, seeds and run length."""
   if settings.smoke:
-    length = f'smoke run ({SMOKE_STEPS} classifier steps, one detector epoch of {SMOKE_IMAGES["train"]} images)'
+    length = (f'smoke run ({SMOKE_STEPS} classifier steps, one detector epoch of {SMOKE_IMAGES["train"]} '
+              'images; each distinct network trained once per workdir, other rows and rounds reuse it)')
   else:
     length = f'{settings.epochs} epochs' if settings.epochs is not None else 'config.train.epochs epochs'
   recipe = settings.base_config
