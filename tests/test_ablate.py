@@ -388,7 +388,12 @@ def test_smoke_runs_train_each_network_once(tmp_path):
     return ablation.run_table(ablations.get_table(number), settings_of(workdir, **kw), base.get_config,
                               sources=smoke, log=lambda _: None,
                               runners={ablations.DETECTOR: runner, ablations.CLASSIFIER: runner})
-  runner = CountingRunner()
+  class MutatingRunner(CountingRunner):
+    def __call__(self, config, sources, workdir, max_steps):
+      out = super().__call__(config, sources, workdir, max_steps)
+      config.train.lr0 = 123.0   # the detection trainer fills fields in (data.class_names, ...)
+      return out
+  runner = MutatingRunner()
   out = run(3, tmp_path, runner, smoke=True)
   assert runner.calls == [(f'ablate_{r}', 0) for r in ('cspdarknet_cls_none', 'yolo_osam', 'yolov5s')]
   assert sorted(out['skipped']) == sorted((r, 1) for r in ('cspdarknet_cls_none', 'yolo_osam', 'yolov5s'))

@@ -320,11 +320,12 @@ def find_smoke_network_twin(workdir: str, path: str, settings: dict,
         stored = json.load(f)
     except (OSError, json.JSONDecodeError):
       continue
-    if (not isinstance(stored, dict) or 'metrics' not in stored or 'config' not in stored
+    if (not isinstance(stored, dict) or 'metrics' not in stored or 'row_config' not in stored
         or stored.get('smoke_network_twin') or not stored.get('settings', {}).get('smoke')
         or stored['settings'].get('base_config') != settings['base_config']):
       continue
-    if _network_and_recipe(stored['config']) == wanted:
+    # The config as the row built it, before the trainer filled anything in (AutoAnchor's anchors, ...).
+    if _network_and_recipe(stored['row_config']) == wanted:
       return other, stored
   return None
 
@@ -564,7 +565,8 @@ def run_table(table: Table, settings: AblationSettings,
             twin_path, stored = smoke_twin
             twin = smoke_twin
             write_result(path, {'settings': stored_settings, 'metrics': stored['metrics'],
-                                'config': config.to_dict(), 'smoke_network_twin': True,
+                                'config': config.to_dict(), 'row_config': config.to_dict(),
+                                'smoke_network_twin': True,
                                 'reused_from': os.path.relpath(twin_path, workdir)})
             metrics = stored['metrics']
             log(f'table {number} {row.name} round {r}: smoke run, same network and recipe as '
@@ -574,13 +576,14 @@ def run_table(table: Table, settings: AblationSettings,
         if twin is None:
           log(f'table {number} {row.name} round {r}: done earlier ({path})')
       else:
+        row_config_dict = config.to_dict()   # the trainer may fill fields in (anchors, ...)
         start = time.perf_counter()
         run_dir = os.path.join(workdir, f'table{number}', row.name, f'round_{r}')
         metrics = _json_ready(runners[row.kind](config, sources, run_dir,
                                                 SMOKE_STEPS if settings.smoke else None))
         seconds = time.perf_counter() - start
         write_result(path, {'settings': stored_settings, 'metrics': metrics, 'seconds': seconds,
-                            'config': config.to_dict()})
+                            'config': config.to_dict(), 'row_config': row_config_dict})
         ran.append((row.name, r))
         shown = ', '.join(f'{m} {float(metrics[m]) * (1 if m in COUNT_METRICS else 100):.2f}'
                           for m in table.metrics if m in metrics)
