@@ -2,13 +2,16 @@
 
 A table (`Table`) is rows (`Row`) of config overrides on a base config; the tables themselves are data
 and live in configs/ablations. `run_table(table, settings, make_base_config)` trains what is missing and
-writes WORKDIR/table<N>.md and .csv (plus table<N>_ttest.csv for a table that compares two rows).
+writes WORKDIR/table<N>.md and .csv (plus table<N>_ttest.csv for a table that compares pairs of rows).
 
 Results: WORKDIR/table<N>/<row>/round_<r>.json, one per finished (row, round), holding the settings it
 ran with (`run_settings`). A rerun with the same settings reads them back instead of training, so an
 interrupted run resumes where it stopped; a result stored with other settings is an error, never mixed
 in. Tables share rows: a round whose settings equal a finished round of another table in the same
 WORKDIR is copied from it (`reused_from` in its file), not trained again.
+Smoke runs go further: a round whose config equals a finished smoke round's but for name, seed and
+split (the same network and recipe) reuses it too (`smoke_network_twin`), so a smoke run trains each
+distinct network once per workdir (find_smoke_network_twin).
 
 Round r trains with seed `settings.seed + r` (config.seed and data.shuffle_seed). Detector rows go
 through the detection trainer, classifier rows through classify.py (`RUNNERS`).
@@ -36,13 +39,22 @@ CLASSIFIER = 'classifier'
 
 # Metric keys as the runners report them: fractions in [0, 1], which tables print in %, except the
 # COUNT_METRICS, printed as they are. 'best_epoch' is the paper's "Opt. Epoch" (Table 1): the epoch
-# whose weights were kept (train.early_stopping's criterion). A metric a run cannot have (F1 under
-# eval.mode=coco, which has no operating point) is NaN and prints as n/a.
+# whose weights were kept (train.early_stopping's criterion; classifiers keep their last weights, so
+# theirs is the number of epochs trained). A metric a run cannot have (F1 under eval.mode=coco, which
+# has no operating point) is NaN and prints as n/a.
+# 'map50' of a classifier row is evaluation.classification.classification_map (one-vs-rest AP per
+# class over the face crops; a face crop is its own box, so no IoU enters) when classify.py reports
+# per-face scores, else NaN (n/a); see run_classifier.
 DETECTOR_METRICS = ('f1', 'map50', 'accuracy', 'best_epoch')
 CLASSIFIER_METRICS = ('accuracy', 'f1')
+# The paper's columns for tables that mix classifier and detector rows (Table 2: F1 / mAP / accuracy).
+MIXED_METRICS = ('f1', 'map50', 'accuracy')
 METRIC_NAMES = {'f1': 'F1', 'map50': 'mAP50', 'map': 'mAP50-95', 'accuracy': 'Accuracy',
                 'best_epoch': 'Opt. Epoch'}
 COUNT_METRICS = ('best_epoch',)
+# What a row of each kind always reports: a table missing one of these is an error (a runner bug);
+# any other missing metric prints as n/a.
+REQUIRED_METRICS = {'detector': DETECTOR_METRICS, 'classifier': CLASSIFIER_METRICS}
 
 # Smoke runs: a tiny in-memory synthetic set, a few steps per row; their numbers mean nothing, they
 # check that every row runs.
@@ -72,7 +84,12 @@ class Table:
   rows: tuple[Row, ...]
   metrics: tuple[str, ...]
   default_rounds: int = 3
-  compare: tuple[str, str] | None = None   # (row, row) for the t-test (Table 3)
+  # Pairs of rows (a, b) to t-test, the first the paper's comparison (Table 3); () = none.
+  compare: tuple[tuple[str, str], ...] = ()
+  # The split the table reports on: 'train' for the paper's Tables 5 and 6 ("train dataset"); None =
+  # the base config's data.test_split. --eval_split (AblationSettings.eval_split) overrides it.
+  eval_split: str | None = None
+  note: str = ''                            # printed under the table's description
 
   def row(self, name: str) -> Row:
     for r in self.rows:
@@ -92,7 +109,7 @@ class AblationSettings:
   dataset: str = 'synthetic_faces'      # TFDS name; ignored by smoke runs
   builder_config: str = ''              # '' with synthetic_faces means its 'demo' config
   data_dir: str = ''                    # '' keeps the base config's data.data_dir
-  eval_split: str | None = None         # None = the base config's data.test_split
+  eval_split: str | None = None         # None = the table's eval_split, else data.test_split
   rounds: int | None = None             # None = table.default_rounds (smoke: the fewest the table takes)
   epochs: int | None = None             # None = the config's train.epochs
   seed: int = 0                         # round r uses seed + r
@@ -144,10 +161,25 @@ def dataset_sources(config, eval_split: str) -> dict:
 
 
 def run_classifier(config, sources: Mapping, workdir: str, max_steps: int | None) -> dict:
+  """Trains and tests a classifier row with classify.train_and_evaluate.
+
+  Adds the table keys classify.py does not report itself: 'map50' = classification_map of the per-face
+  class scores when classify.py returns them ('scores' [N, nc] and 'labels' [N], which are not kept in
+  the result), else NaN (n/a in the tables); 'best_epoch' = the epochs trained (classify.py keeps the
+  last weights) unless it reports one.
+  """
   from yolo_osam_jax import classify  # pylint: disable=import-outside-toplevel
+  from yolo_osam_jax.evaluation import classification  # pylint: disable=import-outside-toplevel
   del workdir  # classifier runs keep nothing but their metrics
-  return classify.train_and_evaluate(config, sources['train'], sources['eval'], max_steps=max_steps,
-                                     progress=max_steps is None)
+  metrics = dict(classify.train_and_evaluate(config, sources['train'], sources['eval'],
+                                             max_steps=max_steps, progress=max_steps is None))
+  scores, labels = metrics.pop('scores', None), metrics.pop('labels', None)
+  if 'map50' not in metrics:
+    metrics['map50'] = (classification.classification_map(scores, labels)
+                        if scores is not None and labels is not None else float('nan'))
+  if 'best_epoch' not in metrics and 'epochs' in metrics:
+    metrics['best_epoch'] = metrics['epochs']
+  return metrics
 
 
 def run_detector(config, sources: Mapping, workdir: str, max_steps: int | None) -> dict:
@@ -256,6 +288,49 @@ def find_twin_result(workdir: str, path: str, settings: dict) -> tuple[str, dict
   return None
 
 
+# Config fields that differ between rounds or rows without changing the network or the recipe.
+_SMOKE_TWIN_IGNORED = (('name',), ('seed',), ('data', 'shuffle_seed'), ('workdir',))
+
+
+def _network_and_recipe(config_dict: Mapping) -> dict:
+  out = json.loads(json.dumps(config_dict, sort_keys=True, default=str))
+  for path in _SMOKE_TWIN_IGNORED:
+    node = out
+    for key in path[:-1]:
+      node = node.get(key, {})
+    node.pop(path[-1], None)
+  return out
+
+
+def find_smoke_network_twin(workdir: str, path: str, settings: dict,
+                            config: ml_collections.ConfigDict) -> tuple[str, dict] | None:
+  """Smoke runs only: (file, stored result) of a finished smoke round in `workdir` whose config equals
+  `config` but for the name, seed and shuffle seed (the same network, data and recipe), else None.
+
+  A smoke run checks that a row runs; its numbers mean nothing. A row whose network another row
+  (or round) already trained in this workdir has nothing left to check, so the smoke run of a table
+  trains each distinct network once (Table 3's second round, Table 5's and 6's rows that are other
+  tables' networks on another split, ...) and keeps CI's time to the compiles of new networks.
+  """
+  wanted = _network_and_recipe(config.to_dict())
+  for other in sorted(glob.glob(os.path.join(workdir, 'table*', '*', 'round_*.json'))):
+    if os.path.abspath(other) == os.path.abspath(path):
+      continue
+    try:
+      with open(other) as f:
+        stored = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      continue
+    if (not isinstance(stored, dict) or 'metrics' not in stored or 'row_config' not in stored
+        or stored.get('smoke_network_twin') or not stored.get('settings', {}).get('smoke')
+        or stored['settings'].get('base_config') != settings['base_config']):
+      continue
+    # The config as the row built it, before the trainer filled anything in (AutoAnchor's anchors, ...).
+    if _network_and_recipe(stored['row_config']) == wanted:
+      return other, stored
+  return None
+
+
 def write_result(path: str, value: dict) -> None:
   io_utils.write_json_atomic(path, value, indent=1, sort_keys=True)
 
@@ -293,8 +368,11 @@ def summarize(table: Table, results: Mapping[str, list]) -> list[dict]:
       values = []
       for r, metrics in enumerate(results[row.name]):
         if metric not in metrics:
-          raise KeyError(f"table {table.number} row {row.name!r} round {r}: the runner reported no "
-                         f"{metric!r} (got {sorted(metrics)})")
+          if metric in REQUIRED_METRICS.get(row.kind, ()):
+            raise KeyError(f"table {table.number} row {row.name!r} round {r}: the runner reported no "
+                           f"{metric!r} (got {sorted(metrics)})")
+          values.append(float('nan'))   # a metric this kind of row may lack: n/a
+          continue
         values.append(float(metrics[metric]) * (1.0 if metric in COUNT_METRICS else 100.0))
       entry[metric] = values
       entry[f'{metric}_mean'], entry[f'{metric}_std'] = mean_std(values)
@@ -303,13 +381,22 @@ def summarize(table: Table, results: Mapping[str, list]) -> list[dict]:
 
 
 def t_tests(table: Table, summary: list[dict]) -> list[dict]:
-  """Table 3: per metric (not the epoch counts), evaluation.significance.compare_runs between the two
-  compared rows."""
+  """Table 3: for each compared pair (a, b) whose rows both ran, and each metric (not the epoch counts)
+  that both rows have in every round, evaluation.significance.compare_runs(a, b); each result carries
+  'pair': (a, b) and 'metric'. A metric missing (n/a) in a round of either row is not tested."""
   from yolo_osam_jax.evaluation import significance  # pylint: disable=import-outside-toplevel
   by_row = {entry['row']: entry for entry in summary}
-  a, b = (by_row[name] for name in table.compare)
-  return [dict(metric=metric, **significance.compare_runs(a[metric], b[metric], a['row'], b['row']))
-          for metric in table.metrics if metric not in COUNT_METRICS]
+  tests = []
+  for pair in table.compare:
+    if not all(name in by_row for name in pair):
+      continue
+    a, b = (by_row[name] for name in pair)
+    for metric in table.metrics:
+      if metric in COUNT_METRICS or not np.all(np.isfinite(a[metric] + b[metric])):
+        continue
+      tests.append(dict(pair=tuple(pair), metric=metric,
+                        **significance.compare_runs(a[metric], b[metric], a['row'], b['row'])))
+  return tests
 
 
 def _cell(mean: float, std: float, spec: str = '.2f') -> str:
@@ -319,38 +406,52 @@ def _cell(mean: float, std: float, spec: str = '.2f') -> str:
 
 
 def format_markdown(table: Table, summary: list[dict], tests: list[dict] | None,
-                    description: str) -> str:
+                    description: str, split: str | None = None) -> str:
+  """The table as markdown; `split` (the split it reports on) goes into the title line."""
   names = [METRIC_NAMES.get(m, m) for m in table.metrics]
-  lines = [f'## Table {table.number}: {table.title}', '', description, '',
+  title = f'## Table {table.number}: {table.title}' + (f' ({split} split)' if split else '')
+  lines = [title, '', description, ''] + ([table.note, ''] if table.note else []) + [
            '| Model | ' + ' | '.join(names) + ' | Rounds |',
            '|---|' + '---:|' * len(names) + '---:|']
   for entry in summary:
     cells = [_cell(entry[f'{m}_mean'], entry[f'{m}_std'], '.1f' if m in COUNT_METRICS else '.2f')
              for m in table.metrics]
     lines.append(f"| {entry['label']} | " + ' | '.join(cells) + f" | {entry['rounds']} |")
-  if tests:
-    a, b = table.compare
-    label = {entry['row']: entry['label'] for entry in summary}
-    lines += ['', f'Two-sided two-sample t-tests, {label[a]} vs {label[b]} (per-round values in %):', '',
-              f'| Metric | {label[a]} | {label[b]} | Student t (df) | p | Welch t (df) | p |',
-              '|---|---:|---:|---:|---:|---:|---:|']
-    for t in tests:
+  label = {entry['row']: entry['label'] for entry in summary}
+  num = lambda value, spec: 'n/a' if math.isnan(value) else format(value, spec)  # noqa: E731
+  for index, (a, b) in enumerate(table.compare):
+    if a not in label or b not in label:
+      continue
+    pair_tests = [t for t in tests or () if t['pair'] == (a, b)]
+    which = "the paper's comparison" if index == 0 else 'a further comparison, ours'
+    lines += ['', f'Two-sided two-sample t-tests, {label[a]} vs {label[b]} ({which}; per-round values '
+              'in %):', '']
+    if pair_tests:
+      lines += [f'| Metric | {label[a]} | {label[b]} | Student t (df) | p | Welch t (df) | p |',
+                '|---|---:|---:|---:|---:|---:|---:|']
+    for t in pair_tests:
       # Both rows constant over rounds: scipy returns NaN (no variance to test against).
-      num = lambda value, spec: 'n/a' if math.isnan(value) else format(value, spec)  # noqa: E731
       lines.append(
           f"| {METRIC_NAMES.get(t['metric'], t['metric'])} | "
           f"{_cell(t[a]['mean'], t[a]['std'])} | {_cell(t[b]['mean'], t[b]['std'])} | "
           f"{num(t['student']['t'], '.3f')} ({t['student']['df']:.0f}) | {num(t['student']['p'], '.4g')} | "
           f"{num(t['welch']['t'], '.3f')} ({num(t['welch']['df'], '.1f')}) | {num(t['welch']['p'], '.4g')} |")
+    tested = {t['metric'] for t in pair_tests}
+    untested = [METRIC_NAMES.get(m, m) for m in table.metrics if m not in COUNT_METRICS and m not in tested]
+    if untested:
+      lines += ([''] if pair_tests else []) + [
+          f"Not tested (n/a in a round of either row): {', '.join(untested)}."]
   return '\n'.join(lines) + '\n'
 
 
 def write_tables(workdir: str, table: Table, summary: list[dict], tests: list[dict] | None,
-                 description: str) -> list[str]:
+                 description: str, split: str | None = None) -> list[str]:
+  """WORKDIR/table<N>.md, table<N>.csv and, with t-tests, table<N>_ttest.csv (one line per pair and
+  metric; 'pair' = 'a vs b'); returns their paths."""
   os.makedirs(workdir, exist_ok=True)
   md_path = os.path.join(workdir, f'table{table.number}.md')
   with open(md_path, 'w') as f:
-    f.write(format_markdown(table, summary, tests, description))
+    f.write(format_markdown(table, summary, tests, description, split))
   csv_path = os.path.join(workdir, f'table{table.number}.csv')
   with open(csv_path, 'w', newline='') as f:
     writer = csv.writer(f)
@@ -364,17 +465,17 @@ def write_tables(workdir: str, table: Table, summary: list[dict], tests: list[di
       writer.writerow([entry['row'], entry['label'], entry['rounds']] + stats)
   paths = [md_path, csv_path]
   if tests:
-    a, b = table.compare
     test_path = os.path.join(workdir, f'table{table.number}_ttest.csv')
     with open(test_path, 'w', newline='') as f:
       writer = csv.writer(f)
-      writer.writerow(['metric', f'{a}_mean', f'{a}_std', f'{b}_mean', f'{b}_std', 'student_t',
+      writer.writerow(['pair', 'metric', 'a', 'a_mean', 'a_std', 'b', 'b_mean', 'b_std', 'student_t',
                        'student_df', 'student_p', 'welch_t', 'welch_df', 'welch_p'])
       for t in tests:
-        writer.writerow([t['metric'], repr(t[a]['mean']), repr(t[a]['std']), repr(t[b]['mean']),
-                         repr(t[b]['std']), repr(t['student']['t']), repr(t['student']['df']),
-                         repr(t['student']['p']), repr(t['welch']['t']), repr(t['welch']['df']),
-                         repr(t['welch']['p'])])
+        a, b = t['pair']
+        writer.writerow([f'{a} vs {b}', t['metric'], a, repr(t[a]['mean']), repr(t[a]['std']), b,
+                         repr(t[b]['mean']), repr(t[b]['std']), repr(t['student']['t']),
+                         repr(t['student']['df']), repr(t['student']['p']), repr(t['welch']['t']),
+                         repr(t['welch']['df']), repr(t['welch']['p'])])
     paths.append(test_path)
   return paths
 
@@ -386,20 +487,25 @@ def write_tables(workdir: str, table: Table, summary: list[dict], tests: list[di
 def _resolved(table: Table, settings: AblationSettings, probe: ml_collections.ConfigDict) -> AblationSettings:
   """`settings` with the defaults that depend on the table and the base config filled in."""
   rounds, dataset, builder_config = settings.rounds, settings.dataset, settings.builder_config
+  selected = {r.name for r in table.rows} if settings.rows is None else {
+      table.row(name).name for name in settings.rows}
+  if table.compare and not any(set(pair) <= selected for pair in table.compare):
+    raise ValueError(f'table {table.number} compares the pairs of rows {list(table.compare)}; --rows '
+                     'must include both rows of at least one pair')
   if rounds is None:
     rounds = (2 if table.compare else 1) if settings.smoke else table.default_rounds
   if rounds < 1 or (table.compare and rounds < 2):
     raise ValueError(f'table {table.number} needs --rounds ≥ {2 if table.compare else 1}, got {rounds}')
-  row_names = {r.name for r in table.rows} if settings.rows is None else {
-      table.row(name).name for name in settings.rows}
-  if table.compare and not set(table.compare) <= row_names:
-    raise ValueError(f'table {table.number} compares rows {table.compare}; --rows must include both')
   if settings.smoke:
     dataset, builder_config = 'smoke', ''
+  elif not builder_config and dataset == probe.data.dataset:
+    # The base config's builder config (configs/ckplus.py: ck48, ...), when it is for this dataset.
+    builder_config = probe.data.builder_config
   elif not builder_config and dataset == 'synthetic_faces':
     builder_config = 'demo'
+  eval_split = settings.eval_split or table.eval_split or probe.data.test_split
   return dataclasses.replace(settings, rounds=rounds, dataset=dataset, builder_config=builder_config,
-                             eval_split=settings.eval_split or probe.data.test_split)
+                             eval_split=eval_split)
 
 
 def run_table(table: Table, settings: AblationSettings,
@@ -424,6 +530,8 @@ def run_table(table: Table, settings: AblationSettings,
   if sources is None:
     if settings.smoke:
       sources = smoke_sources()
+      if settings.eval_split == probe.data.train_split:   # Tables 5 and 6: report on the training set
+        sources = dict(sources, eval=sources['train'])
     else:
       probe.data.dataset, probe.data.builder_config = settings.dataset, settings.builder_config
       probe.data.data_dir = settings.data_dir or probe.data.data_dir
@@ -448,20 +556,35 @@ def run_table(table: Table, settings: AblationSettings,
         write_result(path, dict(stored, reused_from=os.path.relpath(twin_path, workdir)))
         metrics = stored['metrics']
         log(f'table {number} {row.name} round {r}: same run as {twin_path}, reused')
+      config = None
+      if metrics is None:
+        config = row_config(row, make_base_config(), settings, seed=round_seed,
+                            num_classes=len(sources['class_names']))
+        if settings.smoke:
+          smoke_twin = find_smoke_network_twin(workdir, path, stored_settings, config)
+          if smoke_twin is not None:
+            twin_path, stored = smoke_twin
+            twin = smoke_twin
+            write_result(path, {'settings': stored_settings, 'metrics': stored['metrics'],
+                                'config': config.to_dict(), 'row_config': config.to_dict(),
+                                'smoke_network_twin': True,
+                                'reused_from': os.path.relpath(twin_path, workdir)})
+            metrics = stored['metrics']
+            log(f'table {number} {row.name} round {r}: smoke run, same network and recipe as '
+                f'{twin_path}, reused')
       if metrics is not None:
         skipped.append((row.name, r))
         if twin is None:
           log(f'table {number} {row.name} round {r}: done earlier ({path})')
       else:
-        config = row_config(row, make_base_config(), settings, seed=round_seed,
-                            num_classes=len(sources['class_names']))
+        row_config_dict = config.to_dict()   # the trainer may fill fields in (anchors, ...)
         start = time.perf_counter()
         run_dir = os.path.join(workdir, f'table{number}', row.name, f'round_{r}')
         metrics = _json_ready(runners[row.kind](config, sources, run_dir,
                                                 SMOKE_STEPS if settings.smoke else None))
         seconds = time.perf_counter() - start
         write_result(path, {'settings': stored_settings, 'metrics': metrics, 'seconds': seconds,
-                            'config': config.to_dict()})
+                            'config': config.to_dict(), 'row_config': row_config_dict})
         ran.append((row.name, r))
         shown = ', '.join(f'{m} {float(metrics[m]) * (1 if m in COUNT_METRICS else 100):.2f}'
                           for m in table.metrics if m in metrics)
@@ -470,7 +593,8 @@ def run_table(table: Table, settings: AblationSettings,
 
   summary = summarize(table, results)
   tests = t_tests(table, summary) if table.compare else None
-  paths = write_tables(workdir, table, summary, tests, describe(settings, dataset_name))
+  paths = write_tables(workdir, table, summary, tests, describe(settings, dataset_name),
+                       split=settings.eval_split)
   return {'summary': summary, 'tests': tests, 'paths': paths, 'ran': ran, 'skipped': skipped}
 
 
@@ -478,7 +602,7 @@ def describe(settings: AblationSettings, dataset_name: str) -> str:
   """The sentence under a table's title: data, recipe, rounds, seeds and run length."""
   if settings.smoke:
     length = (f'smoke run ({SMOKE_STEPS} classifier steps, one detector epoch of {SMOKE_IMAGES["train"]} '
-              'images)')
+              'images; each distinct network trained once per workdir, other rows and rounds reuse it)')
   else:
     length = f'{settings.epochs} epochs' if settings.epochs is not None else 'config.train.epochs epochs'
   recipe = settings.base_config
