@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from yolo_osam_jax.data import pipeline
 from yolo_osam_jax.evaluation import accuracy as accuracy_lib
+from yolo_osam_jax.evaluation import classification
 from yolo_osam_jax.models import classifiers
 from yolo_osam_jax.training import optim
 from yolo_osam_jax.training import step as step_lib
@@ -100,7 +101,7 @@ def classification_metrics(labels, predicted, num_classes: int) -> dict:
 
 def evaluate(eval_step, state: step_lib.TrainState, batches, num_classes: int) -> dict:
   """Metrics over every valid row of `batches` (padding rows, valid=False, are left out)."""
-  labels, predicted, losses = [], [], []
+  labels, predicted, losses, scores = [], [], [], []
   for batch in batches:
     logits = np.asarray(eval_step(state.params, state.batch_stats, batch['image']), np.float32)
     valid = np.asarray(batch['valid'], bool)
@@ -110,8 +111,12 @@ def evaluate(eval_step, state: step_lib.TrainState, batches, num_classes: int) -
     losses.append(-log_probs[np.arange(len(label)), label][valid])
     labels.append(label[valid])
     predicted.append(logits.argmax(-1)[valid])
+    scores.append(np.exp(log_probs)[valid])
   labels, predicted = np.concatenate(labels), np.concatenate(predicted)
   metrics = classification_metrics(labels, predicted, num_classes)
+  # The classifiers' mAP the paper's Tables 2 and 5 print (evaluation/classification.py defines it).
+  metrics['map50'] = (classification.classification_map(np.concatenate(scores), labels) if labels.size
+                      else float('nan'))
   metrics['eval_loss'] = float(np.concatenate(losses).mean()) if labels.size else float('nan')
   metrics['eval_faces'] = int(labels.size)
   return metrics
