@@ -47,14 +47,16 @@ NEIGHBOUR_BIAS = 0.5  # yolov5's g
 CIOU_EPS = 1e-7
 
 
-def resolve_hyp(hyp: Mapping[str, Any] | None) -> dict[str, float]:
-  """`DEFAULT_HYP` updated with `hyp` (a dict or ConfigDict such as `config.loss`)."""
-  resolved = dict(DEFAULT_HYP)
+def resolve_hyp(hyp: Mapping[str, Any] | None, defaults: Mapping[str, float] = DEFAULT_HYP,
+                what: str = 'loss') -> dict[str, float]:
+  """`defaults` (yolov5's `DEFAULT_HYP`) updated with `hyp` (a dict or ConfigDict such as
+  `config.loss`); an unknown key is an error naming it."""
+  resolved = dict(defaults)
   if hyp is None:
     return resolved
   for key, value in hyp.items():
-    if key not in DEFAULT_HYP:
-      raise ValueError(f"loss hyperparameter {key!r} is unknown; expected a subset of {sorted(DEFAULT_HYP)}")
+    if key not in defaults:
+      raise ValueError(f"{what} hyperparameter {key!r} is unknown; expected a subset of {sorted(defaults)}")
     resolved[key] = float(value)
   return resolved
 

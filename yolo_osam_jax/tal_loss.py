@@ -48,15 +48,7 @@ CIOU_EPS = losses.CIOU_EPS
 
 def resolve_hyp(hyp: Mapping[str, Any] | None) -> dict[str, float]:
   """`DEFAULT_HYP` updated with `hyp` (a dict or ConfigDict); unknown keys are an error."""
-  resolved = dict(DEFAULT_HYP)
-  if hyp is None:
-    return resolved
-  for key, value in hyp.items():
-    if key not in DEFAULT_HYP:
-      raise ValueError(f"anchor-free loss hyperparameter {key!r} is unknown; expected a subset of "
-                       f"{sorted(DEFAULT_HYP)}")
-    resolved[key] = float(value)
-  return resolved
+  return losses.resolve_hyp(hyp, DEFAULT_HYP, 'anchor-free loss')
 
 
 # --------------------------------------------------------------------------------------------------

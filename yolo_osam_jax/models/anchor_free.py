@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yolo_osam_jax.models.layers import (compute_dtype, concat, max_pool_same, torch_conv_init,
-                                         upsample_nearest)
+from yolo_osam_jax.models.layers import (compute_dtype, detection_strides, max_pool_same,
+                                         run_layer_table, stride_ascending, torch_conv_init)
 
 INPUT = -1  # source index of the image
 REG_MAX = 16  # bins of the box-side distribution (DFL)
@@ -508,7 +508,7 @@ class AnchorFreeYOLO(nn.Module):
   @property
   def strides(self) -> tuple[int, ...]:
     """Detection strides, ascending (the order of `raw`)."""
-    return tuple(sorted(self.layers[s].stride for s in self.layers[-1].sources))
+    return detection_strides(self.layers)
 
   def _layer(self, L: LayerDef):
     kw = dict(dtype=self.dtype, name=f'layer_{L.index}')
@@ -526,23 +526,11 @@ class AnchorFreeYOLO(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    x = images.astype(self.dtype)
-    outputs: list[Any] = []
-    detect_layer = self.layers[-1]
-    for L in self.layers[:-1]:
-      ins = [x if s == INPUT else outputs[s] for s in L.sources]
-      if L.kind == 'upsample':
-        y = upsample_nearest(ins[0], L.factor)
-      elif L.kind == 'concat':
-        y = concat(ins)
-      else:
-        y = self._layer(L)(ins[0], train)
-      outputs.append(y)
-    head_strides = tuple(self.layers[s].stride for s in detect_layer.sources)
-    raw = Detect(self.num_classes, head_strides, self.legacy_head, dtype=self.dtype,
-                 name=f'layer_{detect_layer.index}')([outputs[s] for s in detect_layer.sources], train)
+    head_inputs, head_strides = run_layer_table(self.layers, images.astype(self.dtype), self._layer,
+                                                train)
+    raw = stride_ascending(Detect(self.num_classes, head_strides, self.legacy_head, dtype=self.dtype,
+                                  name=f'layer_{self.layers[-1].index}')(head_inputs, train), head_strides)
     level_strides = sorted(head_strides)
-    raw = [raw[head_strides.index(s)] for s in level_strides]
     predictions = jnp.concatenate([decode(r, s) for r, s in zip(raw, level_strides)], axis=1)
     return predictions, raw
 

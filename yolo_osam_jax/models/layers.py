@@ -137,3 +137,31 @@ def upsample_nearest(x, factor: int = 2):
 
 def concat(xs: Sequence[jax.Array]):
   return jnp.concatenate(list(xs), axis=-1)
+
+
+def run_layer_table(layers, images, make_layer, train: bool):
+  """Runs a layer table (models/yolo.py, models/anchor_free.py): every row but the last, the head, in
+  order, each reading its `sources` (-1 = the image); upsample and concat rows are plain functions, the
+  others the module `make_layer(row)` returns. Returns (the head's inputs in its order, their strides)."""
+  outputs = []
+  for L in layers[:-1]:
+    ins = [images if s == -1 else outputs[s] for s in L.sources]
+    if L.kind == 'upsample':
+      y = upsample_nearest(ins[0], L.factor)
+    elif L.kind == 'concat':
+      y = concat(ins)
+    else:
+      y = make_layer(L)(ins[0], train)
+    outputs.append(y)
+  head = layers[-1]
+  return [outputs[s] for s in head.sources], tuple(layers[s].stride for s in head.sources)
+
+
+def detection_strides(layers) -> tuple[int, ...]:
+  """The strides of a layer table's head inputs, ascending (the order of a detector's `raw`)."""
+  return tuple(sorted(layers[s].stride for s in layers[-1].sources))
+
+
+def stride_ascending(per_input, input_strides):
+  """`per_input` (one entry per head input, in the head's order) re-ordered by stride, ascending."""
+  return [per_input[input_strides.index(s)] for s in sorted(input_strides)]

@@ -20,8 +20,8 @@ import numpy as np
 
 from yolo_osam_jax.models import attention as attention_lib
 from yolo_osam_jax.models import heads
-from yolo_osam_jax.models.layers import (C3, CBL, SPPF, compute_dtype, concat, torch_conv_init,
-                                         upsample_nearest)
+from yolo_osam_jax.models.layers import (C3, CBL, SPPF, compute_dtype, detection_strides,
+                                         run_layer_table, stride_ascending, torch_conv_init)
 
 INPUT = -1  # source index of the image
 
@@ -214,7 +214,7 @@ class YOLO(nn.Module):
   @property
   def strides(self) -> tuple[int, ...]:
     """Detection strides, ascending (the order of `raw`)."""
-    return tuple(sorted(self.layers[s].stride for s in self.layers[-1].sources))
+    return detection_strides(self.layers)
 
   def _layer(self, L: LayerDef):
     kw = dict(dtype=self.dtype, name=f'layer_{L.index}')
@@ -230,23 +230,11 @@ class YOLO(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    x = images.astype(self.dtype)
-    outputs: list[Any] = []
-    detect_layer = self.layers[-1]
-    for L in self.layers[:-1]:
-      ins = [x if s == INPUT else outputs[s] for s in L.sources]
-      if L.kind == 'upsample':
-        y = upsample_nearest(ins[0], L.factor)
-      elif L.kind == 'concat':
-        y = concat(ins)
-      else:
-        y = self._layer(L)(ins[0], train)
-      outputs.append(y)
-    head_strides = tuple(self.layers[s].stride for s in detect_layer.sources)
-    raw = Detect(self.num_classes, len(self.anchors[0]), head_strides, dtype=self.dtype,
-                 name=f'layer_{detect_layer.index}')([outputs[s] for s in detect_layer.sources])
+    head_inputs, head_strides = run_layer_table(self.layers, images.astype(self.dtype), self._layer,
+                                                train)
+    raw = stride_ascending(Detect(self.num_classes, len(self.anchors[0]), head_strides, dtype=self.dtype,
+                                  name=f'layer_{self.layers[-1].index}')(head_inputs), head_strides)
     strides = sorted(head_strides)
-    raw = [raw[head_strides.index(s)] for s in strides]
     predictions = jnp.concatenate(
         [decode(r, s, a) for r, s, a in zip(raw, strides, self.anchors)], axis=1)
     return predictions, raw
