@@ -58,6 +58,9 @@ def _anchor_free(arch, label, size='s') -> Row:
 
 
 DETECTOR_BASELINES = (
+    # VGG-16 (torchvision's configuration D) is a classifier: on the same faces, its crops.
+    Row('vgg16', 'VGG-16 (classifier)', CLASSIFIER, ('model.arch=vgg16', 'model.attention.kind=none',
+                                                      'model.attention.where=none')),
     # YOLOv3 as the paper's repository trains it: yolov5's yolov3.yaml with yolov5's loss and recipe.
     Row('yolov3', 'YOLOv3 (Darknet-53, anchor-based)', DETECTOR,
         ('model.arch=yolov3', 'model.size=s', 'model.fusion=none', 'model.attention.kind=none',
