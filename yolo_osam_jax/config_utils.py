@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import os
 import sys
@@ -46,6 +47,15 @@ def parse_value(text: str):
     return text
 
 
+def _closest(node, parents: Sequence[str], name: str) -> str:
+  """'; did you mean …?' with the fields of `node` closest to the misspelt `name` (difflib's ratio)."""
+  matches = difflib.get_close_matches(name, [str(k) for k in node.keys()], n=3, cutoff=0.6)
+  if not matches:
+    return ''
+  prefix = ''.join(f'{p}.' for p in parents)
+  return '; did you mean ' + ' or '.join(f'{prefix}{m}' for m in matches) + '?'
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
   """Applies `a.b.c=value` (a leading `--config.` is accepted) to `config`, checking that keys exist."""
   for item in overrides:
@@ -57,12 +67,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     key, raw = text.split('=', 1)
     *parents, leaf = key.split('.')
     node = config
-    for p in parents:
-      if p not in node:
-        raise errors.InputError(f'override {item!r}: no config field {key!r} (no {p!r})')
+    for depth, p in enumerate(parents):
+      if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+        raise errors.InputError(f'override {item!r}: no config field {key!r} (no {p!r})'
+                                + _closest(node, parents[:depth], p))
       node = node[p]
     if leaf not in node:
-      raise errors.InputError(f'override {item!r}: no config field {key!r}')
+      raise errors.InputError(f'override {item!r}: no config field {key!r}' + _closest(node, parents, leaf))
     value = parse_value(raw)
     current = node[leaf]
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
