@@ -191,16 +191,23 @@ def from_yolov5_state_dict(state_dict: Mapping[str, np.ndarray], model_config, r
       {k: v for k, v in flat.items()}, sep=None)
 
 
-def to_yolov5_state_dict(variables, model_config, num_batches_tracked: int = 0) -> dict[str, np.ndarray]:
-  """The yolov5-layout state dict (numpy, float32 tensors) of `variables`."""
+def torch_tensors(variables, key_of, num_batches_tracked: int = 0) -> dict[str, np.ndarray]:
+  """Every leaf of `variables` as a PyTorch-layout float32 tensor under `key_of(collection, path)`,
+  with BatchNorm's `num_batches_tracked` (int64) beside each running_var; both families' exports."""
   out: dict[str, np.ndarray] = {}
   for collection in ('params', 'batch_stats'):
     for path, value in flax.traverse_util.flatten_dict(
         flax.core.unfreeze(variables.get(collection, {}))).items():
-      key = torch_key(collection, path)
+      key = key_of(collection, path)
       out[key] = np.ascontiguousarray(_to_torch_layout(np.asarray(value, np.float32)))
       if collection == 'batch_stats' and path[-1] == 'var':
         out[key.replace('running_var', 'num_batches_tracked')] = np.asarray(num_batches_tracked, np.int64)
+  return out
+
+
+def to_yolov5_state_dict(variables, model_config, num_batches_tracked: int = 0) -> dict[str, np.ndarray]:
+  """The yolov5-layout state dict (numpy, float32 tensors) of `variables`."""
+  out = torch_tensors(variables, torch_key, num_batches_tracked)
   out[f'model.{_detect_index(model_config)}.anchors'] = _anchors_grid(model_config)
   return out
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from yolo_osam_jax import models
 from yolo_osam_jax.convert import (_LEAF_TO_TORCH, ConversionError, _from_torch_layout,
-                                   _to_torch_layout)
+                                   _to_torch_layout, torch_tensors)
 from yolo_osam_jax.models import anchor_free
 
 log = logging.getLogger(__name__)
@@ -195,13 +195,6 @@ def to_ultralytics_state_dict(variables, model_config,
                               num_batches_tracked: int = 0) -> dict[str, np.ndarray]:
   """The ultralytics-layout state dict (numpy; float32 tensors, int64 num_batches_tracked) of
   `variables`, keys in PyTorch's order, the DFL projection included."""
-  out: dict[str, np.ndarray] = {}
-  for collection in ('params', 'batch_stats'):
-    for path, value in flax.traverse_util.flatten_dict(
-        flax.core.unfreeze(variables.get(collection, {}))).items():
-      key = torch_key(collection, path)
-      out[key] = np.ascontiguousarray(_to_torch_layout(np.asarray(value, np.float32)))
-      if collection == 'batch_stats' and path[-1] == 'var':
-        out[key.replace('running_var', 'num_batches_tracked')] = np.asarray(num_batches_tracked, np.int64)
+  out = torch_tensors(variables, torch_key, num_batches_tracked)
   out[dfl_key(model_config)] = _dfl_weight()
   return {k: out[k] for k in sorted(out, key=_torch_order)}
