@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from yolo_osam_jax import config_utils
+from yolo_osam_jax import errors
 from yolo_osam_jax import io_utils
 
 DETECTOR = 'detector'
@@ -69,6 +70,13 @@ SMOKE_OVERRIDES = (
 )
 
 
+class UnknownRowError(errors.InputError, KeyError):
+  """A row name (--rows, Table.row) the table does not have: a user error, and a KeyError for lookups."""
+
+  def __str__(self):  # KeyError would quote the message
+    return str(self.args[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
   name: str                      # identifier: results file names, --rows
@@ -95,7 +103,8 @@ class Table:
     for r in self.rows:
       if r.name == name:
         return r
-    raise KeyError(f"table {self.number} has no row {name!r}; rows: {[r.name for r in self.rows]}")
+    raise UnknownRowError(f"table {self.number} has no row {name!r}; rows: "
+                          f"{', '.join(r.name for r in self.rows)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib
 
+from yolo_osam_jax import errors
+
 from yolo_osam_jax.models.heads import levels
 from yolo_osam_jax.models.yolo import YOLO, decode
 
@@ -39,7 +41,7 @@ def arch_of(model_config) -> str:
   arch = model_config.get('arch', None) or 'yolo_osam'
   arch = _LEGACY_ARCHS.get(arch, arch)
   if arch not in ARCHS:
-    raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    raise errors.InputError(f"model.arch must be one of {', '.join(ARCHS)}, got {arch!r}")
   return arch
 
 
@@ -60,7 +62,8 @@ def scale_of(model_config) -> tuple[float, float, int | None]:
   scales = _module(arch).SCALES[arch if arch in DETECTORS else 'yolo_osam']
   size = model_config.get('size', None) or 's'
   if size not in scales:
-    raise ValueError(f"model.size must be one of {', '.join(scales)} for arch {arch!r}, got {size!r}")
+    raise errors.InputError(f"model.size must be one of {', '.join(scales)} for arch {arch!r}, got "
+                            f"{size!r}")
   width, depth, max_channels = scales[size]
   override = lambda key, default: default if model_config.get(key, None) is None else model_config[key]  # noqa: E731
   return (float(override('width', width)), float(override('depth', depth)),
