@@ -422,17 +422,19 @@ def test_smoke_runs_train_each_network_once(tmp_path):
 SMOKE_CACHE = os.path.join(ROOT, '.pytest_cache', 'jax_cache')
 
 
-def run_smoke_tables(numbers, workdir):
-  """`scripts/ablate.py --table N --smoke` for each N in turn, in fresh processes, as CI would; then
-  checks each table (check_smoke_table)."""
+def run_smoke_tables(numbers, workdir, rows=None):
+  """`scripts/ablate.py --table N --smoke [--rows ...]` for each N in turn, in fresh processes, as a
+  user would; then checks each table (check_smoke_table)."""
   for number in numbers:
     command = [sys.executable, os.path.join(ROOT, 'scripts', 'ablate.py'), '--table', str(number),
                '--smoke', '--workdir', str(workdir), '--jax_cache', SMOKE_CACHE]
+    if rows:
+      command += ['--rows', ','.join(rows)]
     # Table 2 alone is 22 smoke runs (12 detector networks): ~15 minutes on two busy cores.
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=2700)
     assert done.returncode == 0, f'table {number}: ' + done.stderr[-3000:]
   for number in numbers:
-    check_smoke_table(workdir, number)
+    check_smoke_table(workdir, number, rows)
 
 
 def stored_round(workdir, number, row, r):
@@ -440,21 +442,23 @@ def stored_round(workdir, number, row, r):
     return json.load(f)
 
 
-def check_smoke_table(workdir, number):
-  """Every row is in the markdown and CSV, with finite metrics in [0, 100] from its own config."""
+def check_smoke_table(workdir, number, names=None):
+  """Every row (of `names`, default all) is in the markdown and CSV, with finite metrics in [0, 100]
+  from its own config."""
   table = ablations.get_table(number)
+  selected = [r for r in table.rows if names is None or r.name in names]
   rounds = 2 if table.compare else 1
   rows = read_csv(workdir / f'table{number}.csv')
-  assert [r['row'] for r in rows] == [r.name for r in table.rows]
+  assert [r['row'] for r in rows] == [r.name for r in selected]
   md = (workdir / f'table{number}.md').read_text()
-  assert all(f'| {r.label} |' in md for r in table.rows)
+  assert all(f'| {r.label} |' in md for r in selected)
   for csv_row in rows:
     assert int(csv_row['rounds']) == rounds
     required = ablation.REQUIRED_METRICS[table.row(csv_row['row']).kind]
     for m in table.metrics:   # a classifier's mAP is n/a while classify.py reports no scores
       assert 0.0 <= float(csv_row[f'{m}_mean']) <= 100.0 or (
           m not in required and csv_row[f'{m}_mean'] == 'nan'), (csv_row['row'], m)
-  for row in table.rows:
+  for row in selected:
     for r in range(rounds):
       stored = stored_round(workdir, number, row.name, r)
       assert stored['settings']['smoke'] and stored['settings']['seed'] == r
@@ -470,10 +474,29 @@ def check_smoke_table(workdir, number):
 
 @pytest.mark.slow
 @pytest.mark.ci
+def test_smoke_one_classifier_and_one_detector(tmp_path):
+  """What CI runs of the smoke tables (one network per kind; the exhaustive runs below are `slow`):
+  Table 3's classifier baseline against YOLO-OSAM over two rounds, with its Welch t-test, then Table 1's
+  YOLO-OSAM row, which is the same run and trains nothing."""
+  rows = ('cspdarknet_cls_none', 'yolo_osam')
+  run_smoke_tables((3,), tmp_path, rows)
+  for row in rows:
+    first, second = (stored_round(tmp_path, 3, row, r) for r in range(2))
+    assert 'reused_from' not in first and second['smoke_network_twin'], row
+    assert second['metrics'] == first['metrics']
+  assert stored_round(tmp_path, 3, 'cspdarknet_cls_none', 0)['metrics']['steps'] == ablation.SMOKE_STEPS
+  assert 'Welch t' in (tmp_path / 'table3.md').read_text()
+  run_smoke_tables((1,), tmp_path, ('yolo_osam',))
+  reused = stored_round(tmp_path, 1, 'yolo_osam', 0)
+  assert reused['reused_from'] == os.path.join('table3', 'yolo_osam', 'round_0.json')
+  assert reused['metrics'] == stored_round(tmp_path, 3, 'yolo_osam', 0)['metrics']
+
+
+@pytest.mark.slow
 def test_smoke_classifier_tables(tmp_path):
-  """Tables 2 and 5 (Table 2 has the classifiers and ten + two detector rows). CI runs this and
-  test_smoke_detector_tables on its two workers side by side; the split of the tables keeps their
-  number of runs close (24 / 25)."""
+  """Tables 2 and 5 (Table 2 has the classifiers and ten + two detector rows). With -n 2 this and
+  test_smoke_detector_tables run side by side; the split of the tables keeps their number of runs
+  close (24 / 25)."""
   run_smoke_tables((2, 5), tmp_path)
   for arch in ablations.ARCH_LABELS:
     trained = stored_round(tmp_path, 2, f'{arch}_osam', 0)
@@ -493,7 +516,6 @@ def test_smoke_classifier_tables(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.ci
 def test_smoke_detector_tables(tmp_path):
   """Tables 1, 3, 4 and 6 (Table 4 has the classifiers' CBL rows and YOLO-OSAM's)."""
   run_smoke_tables((1, 3, 4, 6), tmp_path)
