@@ -17,13 +17,14 @@ def _check_rows(rows, out):
 
 def test_infer_data_eval_smoke(tmp_path, capsys):
   out = str(tmp_path / 'results.jsonl')
-  # One network per family here (compiling is most of the time); test_every_model_smoke runs them all.
-  rows = benchmark.main(['infer', 'data', 'eval', '--smoke', '--out', out, '--models', 'yolov5s,yolov8s'])
+  # One network here (compiling is most of the time); test_train_and_infer_smoke_of_every_model (slow)
+  # runs them all.
+  rows = benchmark.main(['infer', 'data', 'eval', '--smoke', '--out', out, '--models', 'yolov5s'])
   lines = _check_rows(rows, out)
   infer = [r for r in lines if r['section'] == 'infer']
-  # 2 networks × 2 dtypes × 2 batch sizes, each img/s = batch / median seconds.
+  # 2 dtypes × 2 batch sizes, each img/s = batch / median seconds.
   assert {(r['model'], r['dtype'], r['batch']) for r in infer} == {
-      (m, d, b) for m in ('yolov5s', 'yolov8s') for d in ('float32', 'bfloat16') for b in (1, 4)}
+      ('yolov5s', d, b) for d in ('float32', 'bfloat16') for b in (1, 4)}
   for r in infer:
     assert r['img_per_s'] == pytest.approx(r['batch'] / (r['ms_per_batch'] / 1e3))
   data = {r['name']: r for r in lines if r['section'] == 'data'}

@@ -199,8 +199,7 @@ def test_eight_fake_devices_match_one_device(tmp_path):
   assert np.linalg.norm(b) > 0
 
 
-@pytest.mark.slow
-@pytest.mark.ci  # the end-to-end training run CI keeps
+@pytest.mark.slow  # CI's YOLO-OSAM training run is conftest's demo_checkpoint (test_predict checks it)
 def test_overfit_tiny_set_reaches_map50_09(tmp_path):
   """300 steps of a tiny YOLO-OSAM on 16 images: mAP50 ≥ 0.9 on those same images, loss going down."""
   images = synthetic_examples(16, 64, _demo_fixture_scene(), 0, 'train')
