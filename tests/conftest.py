@@ -137,3 +137,10 @@ def demo_checkpoint(tmp_path_factory):
       training.train_and_evaluate(demo_fixture_config(), str(workdir), sources=sources,
                                   class_names=synthetic_faces.CLASS_NAMES, show_progress=False)
   return str(best)
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """The long tests (marked slow) first: pytest-xdist hands tests out in collection order, and a
+  two-minute training run collected last (tests/test_train.py) otherwise runs alone at the end while
+  the other worker sits idle."""
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)
