@@ -139,7 +139,7 @@ def train_step_fn(loss_fn: Callable, tx: optax.MultiSteps, ema_decay: float = 0.
                             total_bad_steps=state.total_bad_steps + 1)
     # One conditional rather than a select per buffer: XLA fuses the scalar `finite` (an and-chain over
     # every tensor's isfinite) into each of the ~1,600 selects, a quadratic program (1.1M HLO lines for
-    # YOLO-OSAM) that took two thirds of the step's compile time.
+    # YOLO-OSAM) that took over a third of the step's compile time (110 s -> 68 s, README).
     new_state = jax.lax.cond(finite, lambda: applied, lambda: skipped)
     metrics = {
         'loss': loss, **parts,
